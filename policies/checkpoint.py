@@ -98,13 +98,18 @@ class NormStats:
             )
         if len(self.proprio_q01) != len(self.proprio_q99):
             raise CheckpointError(
-                f"norm stats: proprio q01/q99 lengths differ ({len(self.proprio_q01)}, {len(self.proprio_q99)})"
+                "norm stats: proprio q01/q99 lengths differ "
+                f"({len(self.proprio_q01)}, {len(self.proprio_q99)})"
             )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form written to ``norm_stats.json``."""
         return {
-            "action": {"q01": list(self.action_q01), "q99": list(self.action_q99), "mask": list(self.action_mask)},
+            "action": {
+                "q01": list(self.action_q01),
+                "q99": list(self.action_q99),
+                "mask": list(self.action_mask),
+            },
             "proprio": {"q01": list(self.proprio_q01), "q99": list(self.proprio_q99)},
         }
 
@@ -140,10 +145,13 @@ class CheckpointDir:
         config = _read_json(path / CONFIG_FILE)
         where = path / CONFIG_FILE
         if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
-            raise CheckpointError(f"{where}: field 'format' must be {FORMAT_NAME!r}, got {config.get('format')!r}")
+            raise CheckpointError(
+                f"{where}: field 'format' must be {FORMAT_NAME!r}, got {config.get('format')!r}"
+            )
         if config.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(
-                f"{where}: field 'format_version' must be {FORMAT_VERSION}, got {config.get('format_version')!r}"
+                f"{where}: field 'format_version' must be {FORMAT_VERSION}, "
+                f"got {config.get('format_version')!r}"
             )
         for key in ("role", "policy", "base_id"):
             if key not in config:
@@ -291,7 +299,9 @@ class ExpertSet:
                     f"but the expert set's base is {base.base_id[:12]}…"
                 )
             if expert.skill in seen:
-                raise CheckpointError(f"{expert.path}: skill {expert.skill!r} already given by {seen[expert.skill]}")
+                raise CheckpointError(
+                    f"{expert.path}: skill {expert.skill!r} already given by {seen[expert.skill]}"
+                )
             seen[expert.skill] = expert.path
             experts.append(expert)
         return cls(path=path, name=str(manifest["name"]), base=base, experts=tuple(experts))
@@ -320,7 +330,10 @@ class ExpertSet:
 
 
 def write_expert_set(
-    path: str | os.PathLike[str], name: str, base: str | os.PathLike[str], experts: Sequence[str | os.PathLike[str]]
+    path: str | os.PathLike[str],
+    name: str,
+    base: str | os.PathLike[str],
+    experts: Sequence[str | os.PathLike[str]],
 ) -> ExpertSet:
     """Write ``expert_set.json`` (paths relative to ``path``) and return the validated set."""
     path = Path(path)

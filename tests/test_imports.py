@@ -61,7 +61,8 @@ def test_import_and_help_are_cheap():
     code = (
         "import sys, vlamergebench, vlamergebench.registry, vlamergebench.envs, vlamergebench.cli\n"
         "try:\n    vlamergebench.cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'mujoco', 'robosuite', 'libero', 'transformers') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'mujoco', 'robosuite', 'libero', 'transformers')"
+        " if m in sys.modules]\n"
         "print('HEAVY=' + ','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

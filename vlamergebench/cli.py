@@ -498,14 +498,56 @@ def _print_leaderboard(board: str) -> None:
             print(f"\n{path.stem}: {heading}\n{table.strip()}")
 
 
+# --- build-default-experts ------------------------------------------------------------------------------
+def _add_build_default_experts(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "the recipe (skills, demo counts, training steps) is vlamergebench/eval/default_experts.py; "
+        "finished stages are skipped and an interrupted one resumes"
+    )
+    parser.add_argument("--out", required=True, help="expert-set directory to build (demos, base, experts)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _run_build_default_experts(args: argparse.Namespace) -> int:
+    from vlamergebench.eval.default_experts import build_default_experts
+
+    build_default_experts(args.out, threads=args.threads, progress=not args.no_progress)
+    return 0
+
+
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {
     "envs": ("list environment suites, tasks and instructions", _add_envs, _run_envs),
-    "collect-demos": ("record scripted demonstrations as LIBERO-layout HDF5", _add_collect_demos, _run_collect_demos),
-    "train": ("fine-tune a canonical-policy expert (or a base) from HDF5 demonstrations", _add_train, _run_train),
-    "merge": ("merge an expert set with a registered method and write the merged model", _add_merge, _run_merge),
-    "run": ("merge experts, roll the merged policy out, store episodes, print the leaderboard", _add_run, _run_run),
-    "leaderboard": ("build success, storage and forgetting leaderboards from results stores", _add_leaderboard,
-                    _run_leaderboard),
+    "collect-demos": (
+        "record scripted demonstrations as LIBERO-layout HDF5",
+        _add_collect_demos,
+        _run_collect_demos,
+    ),
+    "train": (
+        "fine-tune a canonical-policy expert (or a base) from HDF5 demonstrations",
+        _add_train,
+        _run_train,
+    ),
+    "merge": (
+        "merge an expert set with a registered method and write the merged model",
+        _add_merge,
+        _run_merge,
+    ),
+    "run": (
+        "merge experts, roll the merged policy out, store episodes, print the leaderboard",
+        _add_run,
+        _run_run,
+    ),
+    "build-default-experts": (
+        "rebuild the embedded default expert set (scripted demos, tiny base, four experts)",
+        _add_build_default_experts,
+        _run_build_default_experts,
+    ),
+    "leaderboard": (
+        "build success, storage and forgetting leaderboards from results stores",
+        _add_leaderboard,
+        _run_leaderboard,
+    ),
 }
 
 

@@ -2,12 +2,13 @@
 
 Modelled on Gymnasium's ``registration.py``: a registry is a dict of frozen spec dataclasses, each naming an
 ``entry_point`` string ``"package.module:attr"`` that is imported only when the entry is made. Registering
-therefore imports nothing, and ``import vlamergebench`` stays cheap. Environments use Gymnasium's own registry;
-everything else uses this module, which depends on the standard library only so that any room may import it.
+therefore imports nothing, and ``import vlamergebench`` stays cheap. Environments use Gymnasium's own
+registry; everything else uses this module, which depends on the standard library only so that any room
+may import it.
 
 Example:
     >>> METHODS = Registry("merge method")
-    >>> METHODS.register("ta", "vlamergebench.merge_methods.task_arithmetic:TaskArithmetic", paper="2212.04089")
+    >>> METHODS.register("ta", "vlamergebench.merge_methods.task_arithmetic:TaskArithmetic", paper="x")
     >>> sorted(METHODS.names())
     ['ta']
 """

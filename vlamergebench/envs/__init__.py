@@ -54,7 +54,7 @@ for _base in ("spatial", "object", "goal", "10"):
         kwargs={"suite": f"libero_{_base}"},
     )
 
-# --- SO-101 arm: MuJoCo twin and real-arm adapter (vlamergebench/envs/so101.py) ------------------------------
+# --- SO-101 arm: MuJoCo twin and real-arm adapter (vlamergebench/envs/so101.py) -----------------------
 # Tasks (task=<name or index>): pick_place_cube, push_cube, stack_cubes. 300 steps = 10 s at 30 Hz on the twin
 # (the scripted experts need 60..250); a real arm gets 30 s and its operator ends episodes sooner.
 _gym_register(
