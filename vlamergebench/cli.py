@@ -40,7 +40,8 @@ def _add_envs(parser: argparse.ArgumentParser) -> None:
 
 def _run_envs(args: argparse.Namespace) -> int:
     # The hook (docs/formats.md section 1): an env class lists its tasks with a classmethod
-    # list_tasks(**spec_kwargs) -> [{"task_id", "name", "instruction"}]; the family is its module's name.
+    # list_tasks(**spec_kwargs) -> [{"task_id", "name", "instruction"}]; the family is its module (or
+    # package) under vlamergebench.envs.
     import gymnasium as gym
     from gymnasium.envs.registration import load_env_creator
 
@@ -56,7 +57,7 @@ def _run_envs(args: argparse.Namespace) -> int:
     shown = 0
     for spec in specs:
         module = spec.entry_point.split(":")[0] if isinstance(spec.entry_point, str) else ""
-        family = module.rsplit(".", 1)[-1]
+        family = module.removeprefix("vlamergebench.envs.").split(".")[0]
         if args.family and family != args.family:
             continue
         creator = (
@@ -382,6 +383,15 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-size", type=int, default=None, help="camera resolution in pixels (default: policy input)"
     )
+    parser.add_argument(
+        "--perturbations",
+        default="",
+        metavar="ITEMS",
+        help="also evaluate every LIBERO skill on perturbed variants (docs/perturbations.md): "
+        "comma-separated variant labels (camera-L3-s0), axis names (camera, robot_init, language, light, "
+        "background, noise, layout: every level and seed), L1..L5 (every axis at that level, seed 0) or "
+        "all; default none",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -414,6 +424,7 @@ def _run_run(args: argparse.Namespace) -> int:
             workers=args.workers or min(2, os.cpu_count() or 1),
             max_steps=args.max_steps,
             image_size=args.image_size,
+            perturbations=tuple(item for item in args.perturbations.split(",") if item),
             progress=not args.no_progress,
         )
         summaries = run_benchmark(config)

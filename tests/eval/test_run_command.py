@@ -64,6 +64,25 @@ def test_run_merges_rolls_out_stores_and_ranks(expert_set, tmp_path, capsys):
     assert [p.name for p in (out / "merged").iterdir()] == [merged_dir.name]
 
 
+def test_run_evaluates_perturbed_variants_per_axis(expert_set, tmp_path, capsys):
+    pytest.importorskip("libero.libero")
+    out = tmp_path / "perturbed"
+    command = ["run", "--method", "ta", "--experts", str(expert_set), "--select", "object_0",
+               "--episodes", "1", "--max-steps", "8", "--workers", "1",
+               "--perturbations", "light-L3-s0,camera-L1-s0", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(command) == 0
+    assert "3 episodes (3 run now, 0 resumed)" in capsys.readouterr().out
+    with ResultsStore.open(out, readonly=True) as store:
+        episodes = store.episodes_frame().sort_values("variant")
+    assert episodes["variant"].tolist() == ["", "camera-L1-s0", "light-L3-s0"]
+    assert episodes["env_id"].tolist()[1:] == ["vlamergebench/LIBERO-Perturbed-Object-v0"] * 2
+    assert episodes["perturbation_axis"].tolist()[1:] == ["camera", "light"]
+    assert episodes["perturbation_level"].tolist()[1:] == ["1", "3"]
+    success = (out / "leaderboard" / "success.md").read_text()
+    section = success.split("## Perturbations (labelled aggregates)", 1)[1]
+    assert all(label in section for label in ("pooled", "light", "camera"))
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -71,6 +90,7 @@ def test_run_merges_rolls_out_stores_and_ranks(expert_set, tmp_path, capsys):
         (["--method", "ta", "--routing", "method"], "method 'ta' has no router of its own"),
         (["--method", "ta", "--routing", "psychic"], "unknown router 'psychic'; registered:"),
         (["--method", "ta", "--select", "libero_90"], "not a skill or suite of the expert set"),
+        (["--method", "ta", "--perturbations", "fog-L3"], "--perturbations item 'fog-L3': expected"),
         (
             ["--method", "ties", "--method-config", '{"keep_fractoin": 0.2}'],
             "unknown field(s) ['keep_fractoin']",

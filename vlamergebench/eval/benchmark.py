@@ -60,6 +60,9 @@ class BenchmarkConfig:
         workers: Worker processes for rollouts.
         max_steps: Cap on steps per episode; None keeps each env's registered limit.
         image_size: Camera resolution; None takes the policy's input size.
+        perturbations: Perturbed variants to evaluate each LIBERO skill on as well (see
+            :func:`perturbed_variants`): variant labels (``camera-L3-s0``), axis names (every level and seed
+            of that axis), ``L<k>`` (every axis at level k, seed 0) or ``all``; empty: none.
         progress: Show progress bars.
     """
 
@@ -75,6 +78,7 @@ class BenchmarkConfig:
     workers: int = 2
     max_steps: int | None = None
     image_size: int | None = None
+    perturbations: tuple[str, ...] = ()
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -95,14 +99,59 @@ class BenchmarkConfig:
         if unknown:
             raise ValueError(f"BenchmarkConfig: unknown field(s) {unknown}; known: {sorted(known)}")
         values = dict(data)
-        for name in ("select", "seeds", "routing"):
+        for name in ("select", "seeds", "routing", "perturbations"):
             if name in values:
                 values[name] = tuple(values[name])
         return cls(**values)
 
 
-def task_units(experts: Any, select: Sequence[str], image_size: int) -> list[TaskUnit]:
-    """One unit per expert (skill), in admission order, keeping those named in ``select`` (skill or suite)."""
+def perturbed_variants(selection: Sequence[str]) -> list[Any]:
+    """The perturbed variants named by ``selection``, in the fixed order of ``VARIANTS``, without repeats.
+
+    An item is a variant label (``camera-L3-s0``), an axis name (all its levels and seeds), ``L<k>`` (every
+    axis at level k, seed 0) or ``all``; anything else raises, listing the axes.
+    """
+    from vlamergebench.envs.perturb import AXES, VARIANTS
+
+    chosen = set()
+    for item in selection:
+        if item == "all":
+            matches = VARIANTS
+        elif item in AXES:
+            matches = [variant for variant in VARIANTS if variant.axis == item]
+        elif item[:1] == "L" and item[1:].isdigit():
+            matches = [v for v in VARIANTS if v.level == int(item[1:]) and v.seed == VARIANTS[0].seed]
+        else:
+            matches = [variant for variant in VARIANTS if variant.label == item]
+        if not matches:
+            raise ValueError(
+                f"--perturbations item {item!r}: expected a variant label such as 'camera-L3-s0', an axis "
+                f"({', '.join(AXES)}), L1..L5 or 'all'"
+            )
+        chosen |= {variant.label for variant in matches}
+    return [variant for variant in VARIANTS if variant.label in chosen]
+
+
+def _perturbed_env_id(suite: str, where: str) -> str:
+    import gymnasium as gym
+
+    from vlamergebench.envs import LIBERO_SUITES
+
+    name = LIBERO_SUITES.get(suite, ("",))[0]
+    env_id = f"vlamergebench/{name.replace('LIBERO-', 'LIBERO-Perturbed-')}-v0"
+    if not name or env_id not in gym.registry:
+        raise ValueError(f"{where}: suite {suite!r} has no perturbed variant (LIBERO spatial/object/goal/10)")
+    return env_id
+
+
+def task_units(
+    experts: Any, select: Sequence[str], image_size: int, perturbations: Sequence[str] = ()
+) -> list[TaskUnit]:
+    """One unit per expert (skill), in admission order, keeping those named in ``select`` (skill or suite).
+
+    With ``perturbations``, each kept skill also gets one unit per perturbed variant (after its clean unit).
+    """
+    variants = perturbed_variants(perturbations)
     units, known = [], set()
     for expert in experts.experts:
         skill = expert.config.get("skill") or {}
@@ -115,6 +164,21 @@ def task_units(experts: Any, select: Sequence[str], image_size: int) -> list[Tas
         task = str(skill.get("task") or f"task_{skill['task_id']}")
         kwargs = {"task": int(skill["task_id"]), "image_size": image_size}
         units.append(TaskUnit(skill["name"], skill["suite"], task, skill["env_id"], kwargs))
+        if variants:
+            perturbed_id = _perturbed_env_id(skill["suite"], f"{expert.path}/config.json")
+            for variant in variants:
+                units.append(
+                    TaskUnit(
+                        skill["name"],
+                        skill["suite"],
+                        task,
+                        perturbed_id,
+                        {**kwargs, "variant": variant.label},
+                        variant=variant.label,
+                        perturbation_axis=variant.axis,
+                        perturbation_level=str(variant.level),
+                    )
+                )
     unknown = sorted(set(select) - known)
     if unknown:
         raise ValueError(
@@ -224,7 +288,7 @@ def run_benchmark(config: BenchmarkConfig) -> list[PhaseSummary]:
         if mode not in ("oracle", "method"):
             ROUTERS.spec(mode)  # an unknown router raises, listing the registered ones
     image_size = config.image_size or int(experts.base.config["policy"]["vision"]["image_size"])
-    units = task_units(experts, config.select, image_size)
+    units = task_units(experts, config.select, image_size, config.perturbations)
     out = Path(config.out)
     models = models_per_step(method, experts, protocol, out, config.progress)
     options = RunOptions(workers=config.workers, max_steps=config.max_steps, progress=config.progress)
