@@ -30,6 +30,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from vlamergebench.envs.options import reset_options
+
 ACTION_DIM = 14
 PROPRIO_DIM = 14
 ARM_JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
@@ -288,10 +290,7 @@ class AlohaEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Start an episode at the layout of ``options["init_state_id"]`` (see Starting State)."""
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - {"init_state_id"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; valid options: ['init_state_id']")
+        options = reset_options(options)
         init_state_id = options.get("init_state_id")
         if init_state_id is None:
             layout_seed = int(self.np_random.integers(NUM_INIT_STATES, _MAX_LAYOUT_SEED))

@@ -32,6 +32,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from vlamergebench.envs.options import reset_options
+
 ACTION_DIM = 7
 PROPRIO_DIM = 8
 CAMERAS = {"agentview_image": "agentview", "wrist_image": "robot0_eye_in_hand"}  # our key -> MuJoCo camera
@@ -359,10 +361,7 @@ class LiberoEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Start an episode from LIBERO init state ``options["init_state_id"]`` (see Starting State)."""
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - {"init_state_id"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; valid options: ['init_state_id']")
+        options = reset_options(options)
         count = len(self.init_states)
         init_state_id = options.get("init_state_id")
         if init_state_id is None:

@@ -27,6 +27,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from vlamergebench.envs.options import reset_options
 from vlamergebench.envs.so101_twin import JOINT_NAMES, TASKS, SO101Twin, find_task
 
 logger = logging.getLogger(__name__)
@@ -288,10 +289,7 @@ class SO101Env(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Re-arm, bring the arm home and set the scene (see Starting State)."""
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - {"init_state_id"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; valid options: ['init_state_id']")
+        options = reset_options(options)
         self._init_state_id = options.get("init_state_id")
         with self._guard():
             if not self._robot.is_connected:
