@@ -16,3 +16,13 @@ def test_every_package_is_listed():
             found.add(".".join([top_name, *relative.parts]))
     missing = sorted(found - listed)
     assert not missing, f"packages missing from pyproject [tool.setuptools] packages: {missing}"
+
+
+def test_the_default_expert_set_is_package_data():
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    folder = ROOT / "vlamergebench" / "default_experts"
+    files = {path for path in folder.rglob("*") if path.is_file() and "__pycache__" not in path.parts}
+    assert files, f"{folder} holds no files"
+    shipped = {path for pattern in patterns["vlamergebench"] for path in folder.parent.glob(pattern)}
+    dropped = sorted(str(path.relative_to(ROOT)) for path in files - shipped)
+    assert not dropped, f"files a wheel would leave out: {dropped}"

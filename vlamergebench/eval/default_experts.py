@@ -45,7 +45,8 @@ SKILLS = (
     SkillRecipe("goal_7", "libero_goal", 7),  # turn on the stove
     SkillRecipe("goal_8", "libero_goal", 8),  # put the bowl on the plate (same scene as goal_7)
 )
-# (suite, task id) -> demonstrations the base trains on.
+# Scripted episodes attempted per task (init states FIRST_INIT_STATE onwards); only successes are kept.
+# (suite, task id) -> attempts for the base's demonstrations.
 BASE_DEMOS = {("libero_object", 0): 40, ("libero_object", 1): 10, ("libero_object", 2): 10}
 EXPERT_DEMOS = 40
 FIRST_INIT_STATE = 10

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Regenerates leaderboards/default: every registered merge method on the embedded default expert set.
+#   bash leaderboards/default/regenerate.sh            (from the repository root, in the installed venv)
+# Methods with a router of their own run twice (oracle, then their router); the expert bank is also evaluated
+# on the perturbed variants at level 3 (one per axis) for the perturbation rows. Runs resume when re-run.
+set -euo pipefail
+EPISODES=${EPISODES:-5}
+PERTURBED_EPISODES=${PERTURBED_EPISODES:-2}
+RUNS=${RUNS:-runs/default}
+mkdir -p "$RUNS"
+methods=$(python -c "from vlamergebench.merge_methods.registry import METHODS; print(' '.join(METHODS.names()))")
+for method in $methods; do
+  routing=oracle
+  if python -c "import sys; from vlamergebench.merge_methods.registry import METHODS as M; sys.exit(M.spec('$method').metadata.get('router') is None)"; then
+    routing=oracle,method
+  fi
+  /usr/bin/time -f "$method: %e s wall" vlamergebench run --method "$method" --episodes "$EPISODES" \
+    --routing "$routing" --out "$RUNS/$method" --no-progress > "$RUNS.$method.log" 2>&1 || { tail "$RUNS.$method.log"; exit 1; }
+  tail -n 3 "$RUNS.$method.log"
+done
+vlamergebench run --method expert_bank --episodes "$PERTURBED_EPISODES" --perturbations L3 \
+  --out "$RUNS/expert_bank" --no-progress > "$RUNS.expert_bank_perturbed.log" 2>&1
+vlamergebench leaderboard "$RUNS"/* --out leaderboards/default

@@ -1,0 +1,49 @@
+"""The embedded default expert set: shipped in the package, opened by `run` with no --experts, and made by the
+recipe `vlamergebench build-default-experts` runs (vlamergebench/eval/default_experts.py)."""
+
+from __future__ import annotations
+
+from vlamergebench.eval import default_experts as recipe
+from vlamergebench.eval.benchmark import DEFAULT_EXPERTS, task_units
+from vlamergebench.policies.checkpoint import ExpertSet
+
+
+def test_the_shipped_set_is_the_recipes():
+    experts = ExpertSet.open(DEFAULT_EXPERTS)
+    skills = [expert.config["skill"] for expert in experts.experts]
+    assert [skill["name"] for skill in skills] == [skill.name for skill in recipe.SKILLS]
+    for shipped, planned in zip(skills, recipe.SKILLS, strict=True):
+        assert (shipped["suite"], shipped["task_id"], shipped["env_id"]) == (
+            planned.suite,
+            planned.task_id,
+            planned.env_id,
+        )
+    assert len({skill["suite"] for skill in skills}) >= 2 and len(skills) >= 4  # issue 4's minimum
+
+    base = experts.base.config["provenance"]
+    assert base["train"].items() >= {**recipe.BASE_TRAIN, "role": "base"}.items()
+    assert [demo["demos"] for demo in base["demos"]] == list(recipe.BASE_DEMOS.values())  # Object: 100%
+    assert experts.base.config["policy"]["name"] == "tiny"
+    for expert in experts.experts:
+        provenance = expert.config["provenance"]
+        assert provenance["train"].items() >= {**recipe.EXPERT_TRAIN, "role": "expert"}.items()
+        (demos,) = provenance["demos"]  # the successes among EXPERT_DEMOS scripted attempts
+        assert 0.9 * recipe.EXPERT_DEMOS <= demos["demos"] <= recipe.EXPERT_DEMOS
+        assert expert.base_id == experts.base.base_id
+
+
+def test_run_evaluates_the_shipped_skills_on_their_own_envs():
+    experts = ExpertSet.open(DEFAULT_EXPERTS)
+    units = task_units(experts, (), 84)
+    assert [(unit.skill, unit.env_id, unit.env_kwargs["task"]) for unit in units] == [
+        (skill.name, skill.env_id, skill.task_id) for skill in recipe.SKILLS
+    ]
+
+
+def test_the_plan_collects_each_task_once_with_enough_demos():
+    plan = recipe.demo_plan()
+    assert plan[("libero_object", 0)] == max(recipe.BASE_DEMOS[("libero_object", 0)], recipe.EXPERT_DEMOS)
+    for skill in recipe.SKILLS:
+        assert plan[(skill.suite, skill.task_id)] >= recipe.EXPERT_DEMOS
+    # demos start after the evaluation's init states 0..9, so evaluation stays held out
+    assert recipe.FIRST_INIT_STATE >= 10
