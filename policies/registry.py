@@ -6,7 +6,8 @@ nothing. Add a preset by adding one ``register`` call here and a factory in ``co
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from vlamergebench.registry import Registry
 
@@ -27,6 +28,26 @@ PRESETS.register(
 )
 
 
-def make_config(name: str) -> VLAConfig:
-    """The ``VLAConfig`` of preset ``name``; an unknown name raises listing the presets."""
-    return PRESETS.make(name)
+def make_config(name: str, overrides: Mapping[str, Any] | None = None) -> VLAConfig:
+    """The ``VLAConfig`` of preset ``name``, with ``overrides`` merged into its JSON form.
+
+    Overrides nest like the JSON (``{"action_dim": 14, "llm": {"num_layers": 2}}``); an unknown name, preset
+    or field raises naming it. This is how a base for another embodiment (ALOHA's 14-D actions, SO-101's
+    joint states) is made from a preset.
+    """
+    config = PRESETS.make(name)
+    if not overrides:
+        return config
+    from vlamergebench.policies.config import VLAConfig
+
+    return VLAConfig.from_dict(_merged(config.to_dict(), overrides, "policy"), f"--policy-config on {name!r}")
+
+
+def _merged(base: Mapping[str, Any], overrides: Mapping[str, Any], where: str) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merged(merged[key], value, f"{where}.{key}")
+        else:
+            merged[key] = value
+    return merged

@@ -160,6 +160,12 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     role = parser.add_mutually_exclusive_group(required=True)
     role.add_argument("--base", help="train an expert (LoRA + head) on this base checkpoint")
     role.add_argument("--preset", help="train a new base of this policy preset (tiny, reference)")
+    parser.add_argument(
+        "--policy-config",
+        metavar="JSON",
+        help="with --preset: overrides of the preset's policy config, JSON text or @file.json, e.g. "
+        '\'{"action_dim": 14, "proprio_dim": 14}\' for ALOHA (docs/policy.md)',
+    )
     parser.add_argument("--skill", help="expert skill name (default: the output directory's name)")
     parser.add_argument("--suite", help="expert skill's suite, e.g. libero_object")
     parser.add_argument("--task-id", type=int, help="expert skill's task id within the suite")
@@ -215,6 +221,13 @@ def _run_train(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     fields["role"] = "base" if args.preset else "expert"
+    if args.policy_config and not args.preset:
+        raise SystemExit(
+            "vlamergebench train: --policy-config applies to a new base (--preset); an expert "
+            "takes its base's policy config"
+        )
+    text = args.policy_config or "{}"
+    policy_overrides = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
     if args.base and "head_init_seed" not in fields:
         recorded = CheckpointDir.open(args.base).config.get("provenance", {}).get("head_init_seed")
         if recorded is not None:
@@ -238,7 +251,7 @@ def _run_train(args: argparse.Namespace) -> int:
         args.demos,
         args.out,
         base=args.base,
-        policy=make_config(args.preset) if args.preset else None,
+        policy=make_config(args.preset, policy_overrides) if args.preset else None,
         skill=skill,
         work=args.work,
         command=" ".join(sys.argv),

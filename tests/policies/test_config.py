@@ -81,3 +81,12 @@ def test_config_module_imports_no_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_preset_overrides_make_a_base_for_another_embodiment():
+    aloha = make_config("tiny", {"action_dim": 14, "proprio_dim": 14, "llm": {"num_layers": 2}})
+    tiny = make_config("tiny")
+    assert (aloha.action_dim, aloha.proprio_dim, aloha.llm.num_layers) == (14, 14, 2)
+    assert aloha.llm.hidden_size == tiny.llm.hidden_size and aloha.vision == tiny.vision  # the rest kept
+    with pytest.raises(ConfigError, match=r"--policy-config on 'tiny'.llm: unknown field\(s\) \['layers'\]"):
+        make_config("tiny", {"llm": {"layers": 2}})
