@@ -20,4 +20,8 @@ for method in $methods; do
 done
 vlamergebench run --method expert_bank --episodes "$PERTURBED_EPISODES" --perturbations L3 \
   --out "$RUNS/expert_bank" --no-progress > "$RUNS.expert_bank_perturbed.log" 2>&1
+# Ablation: CARVE's residual rank. At the tiny width (128) the default rank 9 keeps 7% of the width, as rank 64
+# does at Qwen2.5-0.5B's 896; rank 64 keeps half, which separates rank truncation from core drift.
+vlamergebench run --method carve --method-config '{"rank": 64}' --episodes "$EPISODES" \
+  --out "$RUNS/carve_rank64" --no-progress > "$RUNS.carve_rank64.log" 2>&1
 vlamergebench leaderboard "$RUNS"/* --out leaderboards/default
