@@ -24,4 +24,8 @@ vlamergebench run --method expert_bank --episodes "$PERTURBED_EPISODES" --pertur
 # does at Qwen2.5-0.5B's 896; rank 64 keeps half, which separates rank truncation from core drift.
 vlamergebench run --method carve --method-config '{"rank": 64}' --episodes "$EPISODES" \
   --out "$RUNS/carve_rank64" --no-progress > "$RUNS.carve_rank64.log" 2>&1
+# Ablation: MergeVLA's expert heads. Depth 1 (the LIBERO default) averages 3 of the tiny head's 4 blocks across
+# experts; depth 3 keeps 3 per expert.
+vlamergebench run --method mergevla --method-config '{"expert_head_depth": 3}' --episodes "$EPISODES" \
+  --out "$RUNS/mergevla_head3" --no-progress > "$RUNS.mergevla_head3.log" 2>&1
 vlamergebench leaderboard "$RUNS"/* --out leaderboards/default
