@@ -3,6 +3,7 @@ recipe `vlamergebench build-default-experts` runs (vlamergebench/eval/default_ex
 
 from __future__ import annotations
 
+import pytest
 from vlamergebench.policies.checkpoint import ExpertSet
 
 from vlamergebench.eval import default_experts as recipe
@@ -48,3 +49,30 @@ def test_the_plan_collects_each_task_once_with_enough_demos():
         assert plan[(skill.suite, skill.task_id)] >= recipe.EXPERT_DEMOS
     # demos start after the evaluation's init states 0..9, so evaluation stays held out
     assert recipe.FIRST_INIT_STATE >= 10
+
+
+def test_build_runs_every_stage_for_real_and_a_rerun_skips_them(tmp_path, monkeypatch):
+    """The whole recipe on a one-skill, one-demo, two-step scale: real LIBERO, real training, real files."""
+    pytest.importorskip("libero.libero")
+    monkeypatch.setattr(recipe, "SKILLS", (recipe.SkillRecipe("object_0", "libero_object", 0),))
+    monkeypatch.setattr(recipe, "BASE_DEMOS", {("libero_object", 0): 1})
+    monkeypatch.setattr(recipe, "EXPERT_DEMOS", 1)
+    small = {"steps": 2, "batch_size": 4, "checkpoint_every": 0}
+    monkeypatch.setattr(recipe, "BASE_TRAIN", {**recipe.BASE_TRAIN, **small})
+    monkeypatch.setattr(recipe, "EXPERT_TRAIN", {**recipe.EXPERT_TRAIN, **small})
+    lines = []
+    out = recipe.build_default_experts(tmp_path / "set", threads=1, progress=False, log=lines.append)
+
+    experts = ExpertSet.open(out)
+    assert [expert.config["skill"]["name"] for expert in experts.experts] == ["object_0"]
+    assert experts.experts[0].config["provenance"]["steps"] == 2
+    assert (out / "demos" / "libero_object_task0.hdf5").is_file()
+    assert [line.split(":")[0] for line in lines[:3]] == [
+        "demos libero_object task 0",
+        "base",
+        "expert object_0",
+    ]
+
+    lines.clear()
+    recipe.build_default_experts(out, progress=False, log=lines.append)
+    assert sum("done already" in line for line in lines) == 3
