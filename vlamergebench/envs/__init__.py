@@ -45,10 +45,15 @@ for _suite, (_name, _limit) in LIBERO_SUITES.items():
 # LIBERO-Plus-style axes on plain LIBERO (docs/perturbations.md). make kwargs: task, and variant (index or
 # label such as "camera-L3-s0" into the fixed list vlamergebench.envs.perturb.VARIANTS) or perturbation (a
 # PerturbationConfig dict). Step limits are the base suite's.
+# suite -> the id of its perturbed family (what `vlamergebench run --perturbations` evaluates a skill on).
+LIBERO_PERTURBED_IDS: dict[str, str] = {}
 for _base in ("spatial", "object", "goal", "10"):
     _base_name, _limit = LIBERO_SUITES[f"libero_{_base}"]
+    LIBERO_PERTURBED_IDS[f"libero_{_base}"] = (
+        f"vlamergebench/{_base_name.replace('LIBERO-', 'LIBERO-Perturbed-')}-v0"
+    )
     _gym_register(
-        id=f"vlamergebench/{_base_name.replace('LIBERO-', 'LIBERO-Perturbed-')}-v0",
+        id=LIBERO_PERTURBED_IDS[f"libero_{_base}"],
         entry_point="vlamergebench.envs.perturb.suites:make_perturbed_libero",
         max_episode_steps=_limit,
         kwargs={"suite": f"libero_{_base}"},

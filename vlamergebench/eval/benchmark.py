@@ -133,15 +133,11 @@ def perturbed_variants(selection: Sequence[str]) -> list[Any]:
 
 
 def _perturbed_env_id(suite: str, where: str) -> str:
-    import gymnasium as gym
+    from vlamergebench.envs import LIBERO_PERTURBED_IDS
 
-    from vlamergebench.envs import LIBERO_SUITES
-
-    name = LIBERO_SUITES.get(suite, ("",))[0]
-    env_id = f"vlamergebench/{name.replace('LIBERO-', 'LIBERO-Perturbed-')}-v0"
-    if not name or env_id not in gym.registry:
+    if suite not in LIBERO_PERTURBED_IDS:
         raise ValueError(f"{where}: suite {suite!r} has no perturbed variant (LIBERO spatial/object/goal/10)")
-    return env_id
+    return LIBERO_PERTURBED_IDS[suite]
 
 
 def task_units(

@@ -94,16 +94,15 @@ def build_default_experts(
         torch.set_num_threads(threads)
     out = Path(out)
     demos = out / "demos"
-    timings: dict[str, float] = {}
 
-    def stage(name: str, done: Path, work: Callable[[], Any]) -> None:
-        if (done / CONFIG_FILE).is_file() if done.suffix != ".hdf5" else done.is_file():
-            log(f"{name}: done already ({done})")
+    def stage(name: str, marker: Path, work: Callable[[], Any]) -> None:
+        """Run ``work`` unless ``marker`` (the file a finished stage leaves) exists."""
+        if marker.is_file():
+            log(f"{name}: done already ({marker})")
             return
         started = time.monotonic()
         work()
-        timings[name] = time.monotonic() - started
-        log(f"{name}: {timings[name] / 60:.1f} min -> {done}")
+        log(f"{name}: {(time.monotonic() - started) / 60:.1f} min -> {marker}")
 
     for (suite, task_id), episodes in demo_plan().items():
         path = demo_path(demos, suite, task_id)
@@ -123,7 +122,7 @@ def build_default_experts(
     base_demos = [str(demo_path(demos, suite, task_id)) for suite, task_id in BASE_DEMOS]
     stage(
         "base",
-        base,
+        base / CONFIG_FILE,
         lambda: train(
             TrainConfig.from_dict({**BASE_TRAIN, "role": "base"}),
             base_demos,
@@ -144,7 +143,7 @@ def build_default_experts(
         }
         stage(
             f"expert {skill.name}",
-            expert,
+            expert / CONFIG_FILE,
             lambda expert=expert, skill=skill, record=record: train(
                 TrainConfig.from_dict({**EXPERT_TRAIN, "role": "expert"}),
                 [str(demo_path(demos, skill.suite, skill.task_id))],
