@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 import torch
+
 from vlamergebench.policies.checkpoint import NormStats
 from vlamergebench.policies.model import PromptBatch, VLAPolicy, build_model
 from vlamergebench.policies.registry import make_config

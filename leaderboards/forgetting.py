@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from vlamergebench.leaderboards import tables as tb
 
 from vlamergebench.eval import metrics
+from vlamergebench.leaderboards import tables as tb
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -13,9 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vlamergebench.leaderboards import tables as tb
-
 from vlamergebench.eval import metrics
+from vlamergebench.leaderboards import tables as tb
 
 if TYPE_CHECKING:
     import pandas as pd

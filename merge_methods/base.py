@@ -47,6 +47,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 from tqdm import tqdm
+
 from vlamergebench.merge_methods.io import (
     AtomicDirectory,
     CheckpointIndex,
@@ -556,7 +557,7 @@ class ContinualMethod(MergeMethod):
                     prefix(experts, count), previous, target, overwrite=overwrite, progress=progress
                 )
             with AtomicDirectory(out, overwrite) as work:
-                shutil.copytree(previous.path, work.work, dirs_exist_ok=True)  # type: ignore[union-attr]
+                shutil.copytree(previous.path, work.work, dirs_exist_ok=True)
                 return MergedModel(work.commit())
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -632,7 +633,7 @@ def write_action_expert(
     with StreamingSafetensorsWriter(path, specs) as writer:
         for name in chosen:
             total = sum(view.action_expert(name).float() for view in views)
-            writer.write(name, (total / len(views)).to(reference.dtype(name)))  # type: ignore[operator]
+            writer.write(name, (total / len(views)).to(reference.dtype(name)))
 
 
 def copy_action_expert(path: Path, view: ExpertView, names: Sequence[str]) -> None:

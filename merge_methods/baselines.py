@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from vlamergebench.merge_methods.base import (
     MergedModel,
     MethodConfig,

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from vlamergebench.merge_methods import ops
 from vlamergebench.merge_methods.base import (
     ContinualMethod,
@@ -138,7 +139,7 @@ class Carve(ContinualMethod):
         self, seen: ExpertSet, previous: MergedModel | None, work: AtomicDirectory, progress: bool
     ) -> Mapping[str, Any]:
         """Stream every changeable tensor: update the core, factorise the new skill's residual."""
-        config: CarveConfig = self.config  # type: ignore[assignment]
+        config: CarveConfig = self.config
         count = len(seen.experts)
         rate = 1.0 / math.sqrt(count) if config.rate == "inv_sqrt" else 1.0 / count
         base, (view,) = open_views(seen.base, seen.experts[-1:], config.task_vectors)
@@ -163,7 +164,7 @@ class Carve(ContinualMethod):
                     previous.tensor_file(CORE_FILE).read(name).float()
                     if name in earlier
                     else torch.zeros_like(tau)
-                )  # type: ignore[union-attr]
+                )
                 stored = ops.sign_concordant_update(core, tau, rate).to(source[name].dtype(name))
                 writer.write(name, stored)
                 generator = ops.generator_for(config.seed, view.skill, name)
@@ -191,7 +192,7 @@ class Carve(ContinualMethod):
 
     def betas(self, model: MergedModel, skill: str) -> dict[str, float]:
         """Beta per group for ``skill`` against the current core."""
-        config: CarveConfig = self.config  # type: ignore[assignment]
+        config: CarveConfig = self.config
         state = model.state
         core, task = state["core_norms"], state["task_norms"][skill]
         if not config.use_beta:

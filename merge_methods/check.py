@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from vlamergebench.merge_methods.base import STORAGE_FILE, MergedModel, MergeMethod, make_method
 from vlamergebench.merge_methods.io import TensorFile
 from vlamergebench.policies.checkpoint import ACTION_EXPERT_FILE, VLM_FILE, ExpertSet
@@ -108,8 +109,8 @@ def check_method(
     """Merge ``experts`` twice with method ``name`` and run every check; returns the first merged model."""
     workdir = Path(workdir)
     method = make_method(name, **overrides)
-    merged = method.merge(experts, workdir / f"{name}-a", progress=False)  # type: ignore[attr-defined]
-    again = make_method(name, **overrides).merge(experts, workdir / f"{name}-b", progress=False)  # type: ignore
+    merged = method.merge(experts, workdir / f"{name}-a", progress=False)
+    again = make_method(name, **overrides).merge(experts, workdir / f"{name}-b", progress=False)
     check_config_round_trip(method, merged)
     first = check_namespace(method, merged)
     check_determinism(method, first, check_namespace(method, again))

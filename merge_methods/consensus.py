@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from vlamergebench.merge_methods import ops
 from vlamergebench.merge_methods.base import (
     MergedModel,
@@ -81,7 +82,7 @@ class Consensus(OneShotMethod):
 
     def write(self, experts: ExpertSet, work: AtomicDirectory, progress: bool) -> Mapping[str, Any]:
         """Global-threshold passes (TIES only), then one pass: tau_MTL, masks, votes, merged tensor."""
-        config: ConsensusConfig = self.config  # type: ignore[assignment]
+        config: ConsensusConfig = self.config
         base, views = open_views(experts.base, experts.experts, config.task_vectors)
         targets = target_names(base, views)
         thresholds = None
@@ -99,7 +100,7 @@ class Consensus(OneShotMethod):
             votes = sum(
                 ops.tall_mask(tau, multi_task, config.mask_strength).to(torch.int16) for tau in stacked
             )
-            consensus = votes >= config.min_agreement  # type: ignore[operator]
+            consensus = votes >= config.min_agreement
             kept, total = kept + int(consensus.sum()), total + consensus.numel()
             return (multi_task * consensus).mul_(config.scale)
 

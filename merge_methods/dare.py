@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from vlamergebench.merge_methods import ops
 from vlamergebench.merge_methods.base import (
     MergedModel,
@@ -79,7 +80,7 @@ class Dare(OneShotMethod):
 
     def write(self, experts: ExpertSet, work: AtomicDirectory, progress: bool) -> Mapping[str, Any]:
         """One pass over the target tensors; each expert's drop mask is drawn per tensor."""
-        config: DareConfig = self.config  # type: ignore[assignment]
+        config: DareConfig = self.config
         base, views = open_views(experts.base, experts.experts, config.task_vectors)
 
         def merged_delta(name: str, weight: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from vlamergebench.policies.checkpoint import (
     ACTION_EXPERT_FILE,
     DENSE_FILE,

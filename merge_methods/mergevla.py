@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from vlamergebench.merge_methods import ops
 from vlamergebench.merge_methods.base import (
     MergedModel,
@@ -117,7 +118,7 @@ class MergeVLA(OneShotMethod):
 
     def write(self, experts: ExpertSet, work: AtomicDirectory, progress: bool) -> Mapping[str, Any]:
         """One pass over the targets writes tau_merge and every skill's mask; then heads and router keys."""
-        config: MergeVLAConfig = self.config  # type: ignore[assignment]
+        config: MergeVLAConfig = self.config
         base, views = open_views(experts.base, experts.experts, config.task_vectors)
         vlm, targets = base.file(VLM_FILE), target_names(base, views)
         tau_writer = StreamingSafetensorsWriter(

@@ -85,7 +85,7 @@ class MagnitudeHistogram:
             self.high += torch.bincount(high, minlength=_HIGH_BINS)
             self.count += bits.numel()
         else:
-            self.low += torch.bincount(bits[high == self.bin] & 0xFFFF, minlength=_LOW_BINS)  # type: ignore[operator]
+            self.low += torch.bincount(bits[high == self.bin] & 0xFFFF, minlength=_LOW_BINS)
 
     def select(self, k: int) -> None:
         """Fix k (1 = the largest) after pass 1."""
@@ -109,7 +109,7 @@ class MagnitudeHistogram:
                 raise RuntimeError("MagnitudeHistogram: call select(k) (and the second pass) first")
             from_top = torch.flip(self.low, [0]).cumsum(0)
             position = int(torch.searchsorted(from_top, torch.tensor(self.rank_in_bin)))
-            bits = (int(self.bin) << 16) | (_LOW_BINS - 1 - position)  # type: ignore[arg-type]
+            bits = (int(self.bin) << 16) | (_LOW_BINS - 1 - position)
             self.result = float(torch.tensor(bits, dtype=torch.int32).view(torch.float32))
         return self.result
 
@@ -135,7 +135,7 @@ def _kth_largest(magnitudes: torch.Tensor, k: int) -> float:
     histogram.count = bits.numel()
     histogram.select(k)
     if histogram.needs_second_pass:
-        histogram.low += torch.bincount(bits[high == histogram.bin] & 0xFFFF, minlength=_LOW_BINS)  # type: ignore
+        histogram.low += torch.bincount(bits[high == histogram.bin] & 0xFFFF, minlength=_LOW_BINS)
     return histogram.threshold
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from vlamergebench.merge_methods.base import MergedModel
 from vlamergebench.policies.checkpoint import VLM_FILE
 
@@ -70,7 +71,7 @@ class OracleRouter(Router):
 
     def __init__(self, model: MergedModel | None = None, skills: Sequence[str] | None = None) -> None:
         """Route among the model's skills (or ``skills``)."""
-        super().__init__(skills if skills is not None else model.skills)  # type: ignore[union-attr]
+        super().__init__(skills if skills is not None else model.skills)
 
     def scores(self, observation: Mapping[str, Any], true_skill: str | None) -> dict[str, float]:
         """1 for the true skill, 0 elsewhere; without a true skill the oracle cannot route."""
@@ -154,7 +155,7 @@ class ValueSubspaceRouter(Router):
                 tensors = model.instantiate(skill).tensors
                 names = [n for n in tensors if n.startswith("action_head.")]
                 _, _, block = split_action_expert(names, int(head["expert_head_depth"]))
-                self.keys[skill] = tuple(  # type: ignore[assignment]
+                self.keys[skill] = tuple(
                     value_subspace_keys(tensors[f"action_head.blocks.{block}.{b}.weight"], rank)
                     for b in ("v_adapter", "v_task")
                 )

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from vlamergebench.merge_methods.base import (
     MergedModel,
     MethodConfig,
@@ -66,7 +67,7 @@ class TaskArithmetic(OneShotMethod):
 
     def write(self, experts: ExpertSet, work: AtomicDirectory, progress: bool) -> Mapping[str, Any]:
         """Stream every target tensor once: T task vectors in, one merged tensor out."""
-        config: TaskArithmeticConfig = self.config  # type: ignore[assignment]
+        config: TaskArithmeticConfig = self.config
         base, views = open_views(experts.base, experts.experts, config.task_vectors)
 
         def merged_delta(name: str, weight: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
+
 from vlamergebench.merge_methods import ops
 from vlamergebench.merge_methods.base import (
     MergedModel,
@@ -123,7 +124,7 @@ class Ties(OneShotMethod):
 
     def write(self, experts: ExpertSet, work: AtomicDirectory, progress: bool) -> Mapping[str, Any]:
         """Optional global-threshold passes, then one merge pass over the target tensors."""
-        config: TiesConfig = self.config  # type: ignore[assignment]
+        config: TiesConfig = self.config
         base, views = open_views(experts.base, experts.experts, config.task_vectors)
         targets = target_names(base, views)
         thresholds = None

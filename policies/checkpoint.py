@@ -67,11 +67,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def lora_factor_names(module: str) -> tuple[str, str]:
-    """Names of the A (rank, in) and B (out, rank) factors of a LoRA target module."""
-    return module + LORA_A_SUFFIX, module + LORA_B_SUFFIX
-
-
 @dataclass(frozen=True)
 class NormStats:
     """Per-checkpoint normalisation statistics (1st/99th percentiles), as VLA-Adapter's BOUNDS_Q99.

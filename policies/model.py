@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
 from vlamergebench.policies.action_expert import ActionExpert, ProprioProjector
 from vlamergebench.policies.checkpoint import NormStats
 from vlamergebench.policies.config import VLAConfig

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
 from vlamergebench.policies import checkpoint as ckpt
 from vlamergebench.policies.checkpoint import CheckpointDir
 from vlamergebench.policies.config import ConfigError, VLAConfig

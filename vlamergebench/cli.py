@@ -23,14 +23,6 @@ from collections.abc import Callable, Sequence
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _not_yet(name: str) -> Handler:
-    def run(args: argparse.Namespace) -> int:
-        print(f"vlamergebench {name}: not implemented yet", file=sys.stderr)
-        return 2
-
-    return run
-
-
 # --- envs -----------------------------------------------------------------------------------------------
 def _add_envs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", default=None, help="only list this family (libero, so101, aloha, ...)")

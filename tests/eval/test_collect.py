@@ -14,11 +14,11 @@ import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
-from vlamergebench.policies.demos import DemoFile
-from vlamergebench.policies.scripted.libero import LiberoScriptedExpert
 
 import vlamergebench.envs  # noqa: F401  (registers the ids)
 from vlamergebench.eval.collect import CollectConfig, collect_demos, run_expert_episode
+from vlamergebench.policies.demos import DemoFile
+from vlamergebench.policies.scripted.libero import LiberoScriptedExpert
 
 SIZE = 64
 

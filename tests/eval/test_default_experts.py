@@ -4,10 +4,10 @@ recipe `vlamergebench build-default-experts` runs (vlamergebench/eval/default_ex
 from __future__ import annotations
 
 import pytest
-from vlamergebench.policies.checkpoint import ExpertSet
 
 from vlamergebench.eval import default_experts as recipe
 from vlamergebench.eval.benchmark import DEFAULT_EXPERTS, task_units
+from vlamergebench.policies.checkpoint import ExpertSet
 
 
 def test_the_shipped_set_is_the_recipes():

@@ -11,10 +11,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tinyexperts import make_expert_set  # noqa: E402
+from tinyexperts import make_expert_set
 
-from vlamergebench.cli import main  # noqa: E402
-from vlamergebench.eval.store import ResultsStore  # noqa: E402
+from vlamergebench.cli import main
+from vlamergebench.eval.store import ResultsStore
 
 
 @pytest.fixture(scope="module")

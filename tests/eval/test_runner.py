@@ -13,12 +13,12 @@ sys.path.insert(
     0, str(Path(__file__).resolve().parent)
 )  # spawned workers inherit sys.path and import evalworld
 
-import evalworld  # noqa: E402
+import evalworld
 
-from vlamergebench.eval.policy import PolicyContractError  # noqa: E402
-from vlamergebench.eval.provenance import episode_seed  # noqa: E402
-from vlamergebench.eval.rollout import rollout  # noqa: E402
-from vlamergebench.eval.runner import (  # noqa: E402
+from vlamergebench.eval.policy import PolicyContractError
+from vlamergebench.eval.provenance import episode_seed
+from vlamergebench.eval.rollout import rollout
+from vlamergebench.eval.runner import (
     Contender,
     EpisodeJob,
     Evaluation,
@@ -29,8 +29,8 @@ from vlamergebench.eval.runner import (  # noqa: E402
     run_evaluations,
     run_phase,
 )
-from vlamergebench.eval.store import ResultsStore, RunRecord  # noqa: E402
-from vlamergebench.eval.workers import WorkerError  # noqa: E402
+from vlamergebench.eval.store import ResultsStore, RunRecord
+from vlamergebench.eval.workers import WorkerError
 
 SKILLS = ("left", "right")
 

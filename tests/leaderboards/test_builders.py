@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib import image
-from vlamergebench.leaderboards.registry import BUILDERS, build_leaderboards
 
 from vlamergebench.eval.metrics import wilson_interval
+from vlamergebench.leaderboards.registry import BUILDERS, build_leaderboards
 
 
 @pytest.mark.parametrize("name", BUILDERS.names())

@@ -8,11 +8,11 @@ import zipfile
 
 import pandas as pd
 import pytest
-from vlamergebench.leaderboards.registry import build_leaderboards
 
 from vlamergebench.eval.bundle import BundleError, open_bundle, write_bundle
 from vlamergebench.eval.results import load_results
 from vlamergebench.eval.store import StoreError
+from vlamergebench.leaderboards.registry import build_leaderboards
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from handmade import fill_store, make_run
 from matplotlib import image
-from vlamergebench.leaderboards.registry import build_leaderboards
 
 from vlamergebench.eval.store import ResultsStore
+from vlamergebench.leaderboards.registry import build_leaderboards
 
 FLAGS = [
     "--headless",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from vlamergebench.merge_methods.check import check_method
 from vlamergebench.merge_methods.registry import METHODS, ROUTERS
 

@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from vlamergebench.merge_methods import ops
 from vlamergebench.merge_methods.base import make_method
 from vlamergebench.merge_methods.robustmerge import RobustMergeConfig, merge_factors

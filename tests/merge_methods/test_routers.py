@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from vlamergebench.merge_methods.base import make_method
 from vlamergebench.merge_methods.registry import ROUTERS
 from vlamergebench.merge_methods.routers import OracleRouter, value_subspace_score

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from vlamergebench.merge_methods import ops
 from vlamergebench.merge_methods.base import MergedModel, make_method
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
 from vlamergebench.policies import checkpoint as ckpt
 from vlamergebench.policies.checkpoint import CheckpointError, NormStats
 from vlamergebench.policies.io import (

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from vlamergebench.policies.config import ConfigError, ViTConfig, VLAConfig
 from vlamergebench.policies.registry import PRESETS, make_config
 

@@ -7,6 +7,7 @@ import json
 import h5py
 import numpy as np
 import pytest
+
 from vlamergebench.policies.demos import LIBERO_LAYOUT, DemoError, DemoFile, DemoLayout, DemoWriter
 
 PROBLEM = {"problem_name": "libero_tabletop_manipulation", "domain_name": "robosuite",

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from vlamergebench.policies.action_expert import MergeVLABlock, apply_rope, rope_tables
 from vlamergebench.policies.checkpoint import NormStats
 from vlamergebench.policies.config import ActionExpertConfig
