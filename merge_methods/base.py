@@ -37,8 +37,6 @@ import json
 import os
 import shutil
 import tempfile
-import types
-import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +46,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from tqdm import tqdm
 
+from vlamergebench.configs import ConfigError, from_mapping
 from vlamergebench.merge_methods.io import (
     AtomicDirectory,
     CheckpointIndex,
@@ -77,44 +76,6 @@ KINDS = ("one_shot", "continual")
 C = TypeVar("C", bound="MethodConfig")
 
 
-class ConfigError(ValueError):
-    """A method config is invalid; the message names the config class and field."""
-
-
-def _coerce(owner: str, key: str, value: Any, hint: Any) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for option in (arg for arg in args if arg is not type(None)):
-            try:
-                return _coerce(owner, key, value, option)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{owner}: field {key!r} expects {hint}, got {value!r}")
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{owner}: field {key!r} expects a list, got {value!r}")
-        return tuple(_coerce(owner, key, item, args[0]) for item in value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{owner}: field {key!r} expects true/false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{owner}: field {key!r} expects an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{owner}: field {key!r} expects a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{owner}: field {key!r} expects a string, got {value!r}")
-        return value
-    raise ConfigError(f"{owner}: field {key!r} has an unsupported type {hint}")
-
-
 @dataclass(frozen=True)
 class MethodConfig:
     """Base of every ``<Name>Config``: a JSON round trip rejecting unknown keys and wrong types; a hash."""
@@ -129,14 +90,7 @@ class MethodConfig:
     @classmethod
     def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
         """Build from a mapping; unknown keys and values of the wrong type raise :class:`ConfigError`."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; known fields: {sorted(known)}")
-        hints = typing.get_type_hints(cls)
-        return cls(**{key: _coerce(cls.__name__, key, value, hints[key]) for key, value in data.items()})
+        return from_mapping(cls, data, cls.__name__)
 
     def hash(self, method: str) -> str:
         """16 hex digits of SHA-256 over the method name and the resolved config."""

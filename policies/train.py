@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vlamergebench.configs import ConfigError, from_mapping
 from vlamergebench.policies import checkpoint as ckpt
 from vlamergebench.policies.checkpoint import CheckpointDir
-from vlamergebench.policies.config import ConfigError, VLAConfig
+from vlamergebench.policies.config import VLAConfig
 from vlamergebench.policies.data import FrameDataset, load_frames
 from vlamergebench.policies.images import augment, crop_resize, to_float
 from vlamergebench.policies.io import load_model, save_base, save_expert
@@ -115,12 +116,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Parse; unknown keys raise."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(data) - known:
-            raise ConfigError(f"train: unknown field(s) {sorted(set(data) - known)}; known: {sorted(known)}")
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any], where: str = "train") -> TrainConfig:
+        """Parse; unknown keys and values of the wrong type raise :class:`ConfigError`."""
+        return from_mapping(cls, data, where)
 
 
 def learning_rate_at(config: TrainConfig, step: int) -> float:

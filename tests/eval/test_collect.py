@@ -112,7 +112,7 @@ def test_bad_config_is_rejected():
         CollectConfig(suite="libero_nope", task=0, episodes=1)
     with pytest.raises(ValueError, match="episodes must be >= 1"):
         CollectConfig(suite="libero_object", task=0, episodes=0)
-    with pytest.raises(ValueError, match="unknown keys \\['episode'\\]"):
+    with pytest.raises(ValueError, match=r"CollectConfig: unknown field\(s\) \['episode'\]"):
         CollectConfig.from_dict({"suite": "libero_object", "task": 0, "episode": 1})
     with pytest.raises(ValueError, match="has 50 init states; episodes 49..50"):
         collect_demos(

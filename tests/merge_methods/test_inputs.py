@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlamergebench.merge_methods.base import ConfigError, MergedModel, make_method
+from vlamergebench.configs import ConfigError
+from vlamergebench.merge_methods.base import MergedModel, make_method
 from vlamergebench.merge_methods.io import MergeInputError, StreamingSafetensorsWriter, TensorFile
 from vlamergebench.policies.checkpoint import CheckpointError, write_expert_set
 

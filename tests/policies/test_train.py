@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vlamergebench.configs import ConfigError
 from vlamergebench.policies import checkpoint as ckpt
-from vlamergebench.policies.config import ConfigError
 from vlamergebench.policies.data import DemoError, load_frames
 from vlamergebench.policies.model import VLAPolicy, init_head
 from vlamergebench.policies.registry import make_config

@@ -17,7 +17,6 @@ the store skips finished episodes, so rerunning a killed command continues it.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlamergebench.configs import from_mapping
 from vlamergebench.eval.merged import merged_policies, merged_router
 from vlamergebench.eval.runner import (
     Contender,
@@ -92,17 +92,9 @@ class BenchmarkConfig:
             )
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> BenchmarkConfig:
+    def from_dict(cls, data: Mapping[str, Any], where: str = "BenchmarkConfig") -> BenchmarkConfig:
         """Build from a mapping; an unknown key raises naming the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"BenchmarkConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        values = dict(data)
-        for name in ("select", "seeds", "routing", "perturbations"):
-            if name in values:
-                values[name] = tuple(values[name])
-        return cls(**values)
+        return from_mapping(cls, data, where)
 
 
 def perturbed_variants(selection: Sequence[str]) -> list[Any]:
