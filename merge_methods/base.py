@@ -32,7 +32,6 @@ plus per skill its LoRA factors, action expert and norm stats).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -66,6 +65,7 @@ from vlamergebench.policies.checkpoint import (
     ExpertSet,
     NormStats,
 )
+from vlamergebench.provenance import config_hash
 
 MERGED_FORMAT = "vlamergebench-merged"
 MERGED_FORMAT_VERSION = 1
@@ -92,10 +92,9 @@ class MethodConfig:
         """Build from a mapping; unknown keys and values of the wrong type raise :class:`ConfigError`."""
         return from_mapping(cls, data, cls.__name__)
 
-    def hash(self, method: str) -> str:
-        """16 hex digits of SHA-256 over the method name and the resolved config."""
-        text = json.dumps({"method": method, "config": self.to_dict()}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    def hash(self) -> str:
+        """The resolved config's hash: the results store's, so a leaderboard row matches its merged dir."""
+        return config_hash(self.to_dict())
 
 
 def check_fraction(owner: str, name: str, value: float, *, open_top: bool = False) -> None:
@@ -257,7 +256,7 @@ class MergedModel:
 
     @property
     def config_hash(self) -> str:
-        """Hash of method name + resolved config."""
+        """Hash of the resolved config, as the results store records it."""
         return str(self.manifest["config_hash"])
 
     @property
@@ -386,7 +385,7 @@ class MergeMethod(ABC):
                 "method": self.name,
                 "kind": self.kind,
                 "config": self.config.to_dict(),
-                "config_hash": self.config.hash(self.name),
+                "config_hash": self.config.hash(),
                 "router": METHODS.spec(self.name).metadata.get("router"),
                 "expert_set": {"id": experts.id, "name": experts.name, "path": str(experts.path.resolve())},
                 "base": {"path": str(experts.base.path.resolve()), "base_id": experts.base.base_id},

@@ -37,7 +37,7 @@ def check_config_round_trip(method: MergeMethod, merged: MergedModel) -> None:
     again = type(method.config).from_dict(json.loads(text))
     if again != method.config:
         raise MethodContractError(f"{method.name}: config changed through JSON: {method.config} -> {again}")
-    if merged.config != method.config.to_dict() or merged.config_hash != method.config.hash(method.name):
+    if merged.config != method.config.to_dict() or merged.config_hash != method.config.hash():
         raise MethodContractError(f"{method.name}: {merged.path} records another config or hash")
 
 

@@ -13,13 +13,13 @@ default, and ``to_dict`` writes every field (defaults included) because defaults
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from vlamergebench.configs import ConfigError, from_mapping
+from vlamergebench.provenance import config_hash
 
 HEAD_VARIANTS = ("mergevla", "vla_adapter", "vla_adapter_pro")
 GATES = ("sigmoid", "tanh")
@@ -334,8 +334,8 @@ class VLAConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def config_hash(self) -> str:
-        """First 16 hex digits of the SHA-256 of the canonical JSON."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        """The config's :func:`~vlamergebench.provenance.config_hash`."""
+        return config_hash(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "policy") -> VLAConfig:

@@ -47,6 +47,7 @@ from vlamergebench.policies.model import (
     normalize_proprio,
 )
 from vlamergebench.policies.tokenizer import make_tokenizer
+from vlamergebench.provenance import config_hash, git_revision, package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -253,35 +254,6 @@ def load_train_state(
     return step
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for package in ("torch", "transformers", "peft", "safetensors", "vlamergebench"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = "absent"
-    return out
-
-
-def _git_rev() -> str | None:
-    import subprocess
-
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except OSError:
-        return None
-    return result.stdout.strip() or None
-
-
 def plot_losses(log_path: Path, out_path: Path) -> None:
     """Write the loss curve of ``log.jsonl`` as a PNG."""
     import matplotlib
@@ -453,8 +425,9 @@ def train(
         ],
         "frames": len(frames),
         "head_init_seed": config.head_init_seed,
-        "versions": _versions(),
-        "git_rev": _git_rev(),
+        "train_config_hash": config_hash(config.to_dict()),
+        "versions": package_versions(),
+        "git_rev": git_revision(),
         "base_path": str(base_dir.path) if base_dir else None,
     }
     model.eval()

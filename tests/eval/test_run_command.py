@@ -15,6 +15,7 @@ from tinyexperts import make_expert_set
 
 from vlamergebench.cli import main
 from vlamergebench.eval.store import ResultsStore
+from vlamergebench.merge_methods.base import MergedModel
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,9 @@ def test_run_merges_rolls_out_stores_and_ranks(expert_set, tmp_path, capsys):
     reported = pd.read_json(merged_dir / "storage.json", typ="series")
     assert (storage["total_bytes"] == reported["total_bytes"]).all()  # the method's own accounting, stored
     assert (out / "leaderboard" / "leaderboard.html").is_file()
+    merged_hash = MergedModel.open(merged_dir).config_hash  # one config hash: merged.json = store = page
+    assert set(episodes["method_config_hash"]) == {merged_hash}
+    assert merged_hash in (out / "leaderboard" / "leaderboard.html").read_text()
 
     assert main(command) == 0  # the same command again: nothing left to run, the merge is reused
     assert "2 episodes (0 run now, 2 resumed)" in capsys.readouterr().out

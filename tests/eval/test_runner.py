@@ -16,7 +16,6 @@ sys.path.insert(
 import evalworld
 
 from vlamergebench.eval.policy import PolicyContractError
-from vlamergebench.eval.provenance import episode_seed
 from vlamergebench.eval.rollout import rollout
 from vlamergebench.eval.runner import (
     Contender,
@@ -31,6 +30,7 @@ from vlamergebench.eval.runner import (
 )
 from vlamergebench.eval.store import ResultsStore, RunRecord
 from vlamergebench.eval.workers import WorkerError
+from vlamergebench.provenance import episode_seed
 
 SKILLS = ("left", "right")
 

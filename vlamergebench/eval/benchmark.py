@@ -181,7 +181,7 @@ def _merged(method: Any, experts: Any, directory: Path, progress: bool) -> Any:
 
     if (directory / "merged.json").is_file():
         model = MergedModel.open(directory)
-        if model.config_hash == method.config.hash(method.name) and model.expert_set_id == experts.id:
+        if model.config_hash == method.config.hash() and model.expert_set_id == experts.id:
             return model
         logger.info("%s holds another merge; rewriting it", directory)
     return method.merge(experts, directory, overwrite=True, progress=progress)
@@ -203,7 +203,7 @@ def models_per_step(
     """``(admission step, merged model, extra stored bytes)`` for every phase of ``protocol``."""
     from vlamergebench.merge_methods.base import prefix
 
-    name = f"{method.name}-{method.config.hash(method.name)}"
+    name = f"{method.name}-{method.config.hash()}"
     total = len(experts.experts)
     if protocol == "one_shot":
         return [(total, _merged(method, experts, out / "merged" / name, progress), 0)]
@@ -231,7 +231,7 @@ def _reuse(directory: Path, method: Any, seen: Any) -> Any:
     if not (directory / "merged.json").is_file():
         return None
     model = MergedModel.open(directory)
-    same = model.config_hash == method.config.hash(method.name) and model.expert_set_id == seen.id
+    same = model.config_hash == method.config.hash() and model.expert_set_id == seen.id
     return model if same else None
 
 

@@ -30,8 +30,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vlamergebench.eval.provenance import git_revision, package_versions
 from vlamergebench.eval.store import SCHEMA_VERSION, STORE_FILE, ResultsStore, StoreError
+from vlamergebench.provenance import git_revision, package_versions
 
 BUNDLE_FORMAT = "vlamergebench-results-bundle"
 BUNDLE_VERSION = 1

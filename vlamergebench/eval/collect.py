@@ -28,9 +28,9 @@ import numpy as np
 
 import vlamergebench.envs
 from vlamergebench.configs import from_mapping
-from vlamergebench.eval.provenance import git_revision, package_versions
 from vlamergebench.policies.demos import DemoFile, DemoWriter
 from vlamergebench.policies.scripted.libero import LiberoScriptedExpert
+from vlamergebench.provenance import git_revision, package_versions
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from vlamergebench.eval.policy import PolicySourceFactory, RouterFactory, check_policy_source, check_router
-from vlamergebench.eval.provenance import canonical_json, episode_seed, git_revision, package_versions
 from vlamergebench.eval.rollout import EpisodeOutcome, rollout
 from vlamergebench.eval.store import EpisodeRecord, ResultsStore, RunRecord
+from vlamergebench.provenance import canonical_json, episode_seed, git_revision, package_versions
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlamergebench.eval.provenance import canonical_json, config_hash
+from vlamergebench.provenance import canonical_json, config_hash
 
 if TYPE_CHECKING:
     import pandas as pd

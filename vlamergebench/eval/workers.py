@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vlamergebench.eval.provenance import episode_seed
 from vlamergebench.eval.rollout import EpisodeOutcome
 from vlamergebench.eval.runner import Resources, RunOptions, WorkItem, episode_record, run_item
 from vlamergebench.eval.store import EpisodeRecord
+from vlamergebench.provenance import episode_seed
 
 _POLL_S = 0.5
 
