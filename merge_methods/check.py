@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 
-from vlamergebench.merge_methods.base import STORAGE_FILE, MergedModel, MergeMethod, make_method
+from vlamergebench.merge_methods.base import MergeMethod
 from vlamergebench.merge_methods.io import TensorFile
+from vlamergebench.merge_methods.merged import STORAGE_FILE, MergedModel
+from vlamergebench.merge_methods.registry import make_method
 from vlamergebench.policies.checkpoint import ACTION_EXPERT_FILE, VLM_FILE, ExpertSet
 
 

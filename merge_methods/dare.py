@@ -22,32 +22,18 @@ no magnitude trim after the drop, as MergeKit's ``dare_ties`` (MergeLM can also 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from vlamergebench.merge_methods import ops
-from vlamergebench.merge_methods.base import (
-    MergedModel,
-    MethodConfig,
-    OneShotMethod,
-    check_choice,
-    check_fraction,
-    read_single_model,
-    target_names,
-    write_action_expert,
-    write_vlm,
-)
-from vlamergebench.merge_methods.io import AtomicDirectory, open_views
-from vlamergebench.merge_methods.ties import ties_delta
-from vlamergebench.policies.checkpoint import ACTION_EXPERT_FILE, VLM_FILE, ExpertSet
+from vlamergebench.merge_methods.base import MergePass, TaskVectorMethod, TaskVectors
+from vlamergebench.merge_methods.config import TaskVectorConfig, check_choice, check_fraction
 
 
 @dataclass(frozen=True)
-class DareConfig(MethodConfig):
-    """DARE parameters.
+class DareConfig(TaskVectorConfig):
+    """DARE parameters (and ``task_vectors``: "lora", the factors, or "dense").
 
     Attributes:
         drop_fraction: Probability p of dropping each task-vector entry (0.2: MergeLM LLM examples).
@@ -55,7 +41,6 @@ class DareConfig(MethodConfig):
         keep_fraction: TIES magnitude trim after the drop, per tensor (1.0 = none, MergeKit dare_ties).
         scale: lambda applied to the merged task vector (1.0: MergeKit).
         seed: Seed of the drop masks (with skill and tensor name).
-        task_vectors: Where tau comes from: "lora" (factors) or "dense" (folded weights minus the base).
     """
 
     drop_fraction: float = 0.2
@@ -63,45 +48,29 @@ class DareConfig(MethodConfig):
     keep_fraction: float = 1.0
     scale: float = 1.0
     seed: int = 0
-    task_vectors: str = "lora"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         owner = type(self).__name__
         check_fraction(owner, "drop_fraction", self.drop_fraction, open_top=True)
         check_fraction(owner, "keep_fraction", self.keep_fraction)
         check_choice(owner, "combine", self.combine, ("ta", "ties"))
-        check_choice(owner, "task_vectors", self.task_vectors, ("lora", "dense"))
 
 
-class Dare(OneShotMethod):
+class Dare(TaskVectorMethod[DareConfig]):
     """One merged model from dropped-and-rescaled task vectors; averaged action expert."""
 
-    config_class = DareConfig
-
-    def write(self, experts: ExpertSet, work: AtomicDirectory, progress: bool) -> Mapping[str, Any]:
-        """One pass over the target tensors; each expert's drop mask is drawn per tensor."""
-        config: DareConfig = self.config
-        base, views = open_views(experts.base, experts.experts, config.task_vectors)
-
-        def merged_delta(name: str, weight: torch.Tensor) -> torch.Tensor:
-            dropped = torch.stack(
-                [
-                    ops.drop_and_rescale(
-                        view.task_vector(name, weight),
-                        config.drop_fraction,
-                        ops.generator_for(config.seed, view.skill, name),
-                    )
-                    for view in views
-                ]
-            )
-            if config.combine == "ta":
-                return dropped.sum(dim=0).mul_(config.scale)
-            return ties_delta(dropped, None, config.keep_fraction, "mean").mul_(config.scale)
-
-        write_vlm(work.file(VLM_FILE), base, merged_delta, target_names(base, views), progress)
-        write_action_expert(work.file(ACTION_EXPERT_FILE), base, views)
-        return {}
-
-    def instantiate(self, model: MergedModel, skill: str) -> dict[str, torch.Tensor]:
-        """The one merged model."""
-        return read_single_model(model)
+    def merged_delta(self, tau: TaskVectors, run: MergePass) -> torch.Tensor:
+        """Drop and rescale each tau_t (mask drawn per expert and tensor), then sum or TIES."""
+        config = self.config
+        dropped = torch.stack(
+            [
+                ops.drop_and_rescale(
+                    task_vector, config.drop_fraction, ops.generator_for(config.seed, skill, tau.name)
+                )
+                for skill, task_vector in tau.each()
+            ]
+        )
+        if config.combine == "ta":
+            return dropped.sum(dim=0).mul_(config.scale)
+        return ops.ties_delta(dropped, None, config.keep_fraction, "mean").mul_(config.scale)

@@ -36,24 +36,16 @@ from typing import Any
 import torch
 
 from vlamergebench.merge_methods import ops
-from vlamergebench.merge_methods.base import (
-    MergedModel,
-    MethodConfig,
-    OneShotMethod,
-    check_choice,
-    copy_action_expert,
-    read_all,
-    skill_dir,
-    stacked_task_vectors,
-    target_names,
-    write_action_expert,
-)
+from vlamergebench.merge_methods.base import OneShotMethod, TaskVectors
+from vlamergebench.merge_methods.config import MethodConfig, check_choice
 from vlamergebench.merge_methods.io import (
     AtomicDirectory,
     MergeInputError,
     StreamingSafetensorsWriter,
     open_views,
 )
+from vlamergebench.merge_methods.merged import MergedModel, read_all, skill_dir
+from vlamergebench.merge_methods.writers import copy_action_expert, target_names, write_action_expert
 from vlamergebench.policies.checkpoint import ACTION_EXPERT_FILE, VLM_FILE, ExpertSet
 
 TAU_MERGE_FILE = "tau_merge.safetensors"
@@ -110,15 +102,14 @@ def value_subspace_keys(weight: torch.Tensor, rank: int) -> torch.Tensor:
     return torch.linalg.svd(weight.float(), full_matrices=False).Vh[:rank].contiguous()
 
 
-class MergeVLA(OneShotMethod):
+class MergeVLA(OneShotMethod[MergeVLAConfig]):
     """Task-masked VLM over tau_merge, shared + per-skill action expert, value-subspace router keys."""
 
-    config_class = MergeVLAConfig
     base_files = (VLM_FILE,)
 
     def write(self, experts: ExpertSet, work: AtomicDirectory, progress: bool) -> Mapping[str, Any]:
         """One pass over the targets writes tau_merge and every skill's mask; then heads and router keys."""
-        config: MergeVLAConfig = self.config
+        config = self.config
         base, views = open_views(experts.base, experts.experts, config.task_vectors)
         vlm, targets = base.file(VLM_FILE), target_names(base, views)
         tau_writer = StreamingSafetensorsWriter(
@@ -131,9 +122,9 @@ class MergeVLA(OneShotMethod):
         ]
         kept, selfish, active = [0] * len(views), 0, 0
         for name in targets:
-            stacked = stacked_task_vectors(
-                views, name, vlm.read(name) if config.task_vectors == "dense" else None
-            )
+            stacked = TaskVectors(
+                name, vlm.read(name) if config.task_vectors == "dense" else None, views
+            ).stacked()
             if config.merge == "ta":
                 merged = stacked.sum(dim=0)
             else:

@@ -7,10 +7,12 @@ instantiating needs the skill for its *weights*; every method selects per-skill 
 ``router`` (its own router, or None: run it with ``oracle`` or a named router), ``kind`` (``one_shot`` or
 ``continual``) and ``stores`` (what its merged directory holds at inference). A variant that differs only in
 defaults is a second registration with ``kwargs``, never a second file. Build a method with
-``base.make_method(name, **overrides)``.
+``make_method(name, **overrides)``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from vlamergebench.registry import Registry
 
@@ -212,3 +214,11 @@ ROUTERS.register(
     needs_policy=False,
     signal="exact match of the episode instruction against each skill's training instructions",
 )
+
+
+def make_method(name: str, **overrides: Any) -> Any:
+    """Build the registered method ``name`` with config ``overrides`` laid over its registered defaults."""
+    spec = METHODS.spec(name)
+    method_class = METHODS.load(name)
+    config = method_class.config_class.from_dict({**spec.kwargs, **overrides})
+    return method_class(name, config)

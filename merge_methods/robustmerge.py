@@ -38,25 +38,16 @@ from typing import Any
 import torch
 
 from vlamergebench.merge_methods import ops
-from vlamergebench.merge_methods.base import (
-    MergedModel,
-    MethodConfig,
-    OneShotMethod,
-    check_choice,
-    check_fraction,
-    read_all,
-    read_single_model,
-    target_names,
-    write_action_expert,
-    write_vlm,
-)
-from vlamergebench.merge_methods.baselines import fold_lora
+from vlamergebench.merge_methods.base import OneShotMethod
+from vlamergebench.merge_methods.config import MethodConfig, check_choice, check_fraction
 from vlamergebench.merge_methods.io import (
     AtomicDirectory,
     MergeInputError,
     StreamingSafetensorsWriter,
     open_views,
 )
+from vlamergebench.merge_methods.merged import MergedModel, read_all, read_single_model
+from vlamergebench.merge_methods.writers import target_names, write_action_expert, write_vlm
 from vlamergebench.policies.checkpoint import (
     ACTION_EXPERT_FILE,
     LORA_A_SUFFIX,
@@ -133,10 +124,8 @@ def paper_delta(
     return delta * (config.weight * scale)
 
 
-class RobustMerge(OneShotMethod):
+class RobustMerge(OneShotMethod[RobustMergeConfig]):
     """One merged LoRA (code variant, base referenced) or one dense model (paper variant)."""
-
-    config_class = RobustMergeConfig
 
     @property
     def base_files(self) -> tuple[str, ...]:
@@ -145,7 +134,7 @@ class RobustMerge(OneShotMethod):
 
     def write(self, experts: ExpertSet, work: AtomicDirectory, progress: bool) -> Mapping[str, Any]:
         """Merge each target module's factors (one module in memory at a time)."""
-        config: RobustMergeConfig = self.config
+        config = self.config
         base, views = open_views(experts.base, experts.experts, "lora")
         targets = target_names(base, views)
         for view in views:
@@ -191,6 +180,6 @@ class RobustMerge(OneShotMethod):
         if self.config.variant == "paper":
             return read_single_model(model)
         tensors = read_all(model.base_file(VLM_FILE))
-        fold_lora(tensors, read_all(model.tensor_file(LORA_FILE)), model.state["lora_scale"])
+        ops.fold_lora(tensors, read_all(model.tensor_file(LORA_FILE)), model.state["lora_scale"])
         tensors.update(read_all(model.tensor_file(ACTION_EXPERT_FILE)))
         return tensors

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from vlamergebench.merge_methods.base import MergedModel
+from vlamergebench.merge_methods.merged import MergedModel
 from vlamergebench.policies.checkpoint import VLM_FILE
 
 

@@ -281,8 +281,9 @@ def _add_merge(parser: argparse.ArgumentParser) -> None:
 def _run_merge(args: argparse.Namespace) -> int:
     import json
 
-    from vlamergebench.merge_methods.base import ConfigError, make_method
+    from vlamergebench.configs import ConfigError
     from vlamergebench.merge_methods.io import MergeInputError, keep_freed_memory
+    from vlamergebench.merge_methods.registry import make_method
     from vlamergebench.policies.checkpoint import CheckpointError, ExpertSet
 
     keep_freed_memory()  # reuse freed tensor buffers instead of re-faulting fresh pages (merge_methods/io.py)

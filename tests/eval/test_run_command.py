@@ -15,7 +15,7 @@ from tinyexperts import make_expert_set
 
 from vlamergebench.cli import main
 from vlamergebench.eval.store import ResultsStore
-from vlamergebench.merge_methods.base import MergedModel
+from vlamergebench.merge_methods.merged import MergedModel
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from vlamergebench.cli import main
-from vlamergebench.merge_methods.base import MergedModel
+from vlamergebench.merge_methods.merged import MergedModel
 
 torch.set_num_threads(1)
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from vlamergebench.configs import ConfigError
-from vlamergebench.merge_methods.base import MergedModel, make_method
 from vlamergebench.merge_methods.io import MergeInputError, StreamingSafetensorsWriter, TensorFile
+from vlamergebench.merge_methods.merged import MergedModel
+from vlamergebench.merge_methods.registry import make_method
 from vlamergebench.policies.checkpoint import CheckpointError, write_expert_set
 
 torch.set_num_threads(1)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from vlamergebench.merge_methods import ops
-from vlamergebench.merge_methods.base import make_method
+from vlamergebench.merge_methods.registry import make_method
 from vlamergebench.merge_methods.robustmerge import RobustMergeConfig, merge_factors
 
 torch.set_num_threads(1)

@@ -17,7 +17,6 @@ the store skips finished episodes, so rerunning a killed command continues it.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +35,6 @@ from vlamergebench.eval.runner import (
     run_evaluations,
 )
 from vlamergebench.eval.store import PROTOCOLS, ResultsStore, RunRecord, StorageRecord
-
-logger = logging.getLogger(__name__)
 
 # The embedded default expert set ships inside the package (trained by the project's own pipeline).
 DEFAULT_EXPERTS = Path(__file__).resolve().parents[1] / "default_experts"
@@ -175,64 +172,30 @@ def task_units(
     return units
 
 
-def _merged(method: Any, experts: Any, directory: Path, progress: bool) -> Any:
-    """The merged model of ``experts`` in ``directory``: reused if it matches, else (re)written."""
-    from vlamergebench.merge_methods.base import MergedModel
-
-    if (directory / "merged.json").is_file():
-        model = MergedModel.open(directory)
-        if model.config_hash == method.config.hash() and model.expert_set_id == experts.id:
-            return model
-        logger.info("%s holds another merge; rewriting it", directory)
-    return method.merge(experts, directory, overwrite=True, progress=progress)
-
-
-def _kept_expert_bytes(experts: Any) -> int:
-    from vlamergebench.policies.checkpoint import ACTION_EXPERT_FILE, LORA_FILE, NORM_STATS_FILE
-
-    return sum(
-        e.file(n).stat().st_size
-        for e in experts.experts
-        for n in (LORA_FILE, ACTION_EXPERT_FILE, NORM_STATS_FILE)
-    )
-
-
 def models_per_step(
     method: Any, experts: Any, protocol: str, out: Path, progress: bool
 ) -> list[tuple[int, Any, int]]:
-    """``(admission step, merged model, extra stored bytes)`` for every phase of ``protocol``."""
-    from vlamergebench.merge_methods.base import prefix
+    """``(admission step, merged model, extra stored bytes)`` for every phase of ``protocol``.
+
+    Merged directories already there from the same method, config and experts are reused (a resumed run).
+    """
+    from vlamergebench.merge_methods.base import merged_or_rewritten, prefix
+    from vlamergebench.merge_methods.merged import kept_expert_bytes
 
     name = f"{method.name}-{method.config.hash()}"
     total = len(experts.experts)
     if protocol == "one_shot":
-        return [(total, _merged(method, experts, out / "merged" / name, progress), 0)]
-    steps = []
+        return [(total, merged_or_rewritten(method, experts, out / "merged" / name, progress), 0)]
     snapshots = out / "merged" / f"{name}-continual"
     if method.kind == "continual":
-        previous = None
-        for t in range(1, total + 1):
-            seen, directory = prefix(experts, t), snapshots / f"{t:02d}"
-            model = _reuse(directory, method, seen)
-            if model is None:
-                model = method.admit(seen, previous, directory, overwrite=True, progress=progress)
-            steps.append((t, model, 0))
-            previous = model
-        return steps
-    for t in range(1, total + 1):
+        models = method.admissions(experts, snapshots, reuse=True, overwrite=True, progress=progress)
+        return [(t, model, 0) for t, model in enumerate(models, start=1)]
+    steps = []
+    for t in range(1, total + 1):  # a one-shot method re-merges every prefix and keeps the experts to do so
         seen = prefix(experts, t)
-        steps.append((t, _merged(method, seen, snapshots / f"{t:02d}", progress), _kept_expert_bytes(seen)))
+        model = merged_or_rewritten(method, seen, snapshots / f"{t:02d}", progress)
+        steps.append((t, model, kept_expert_bytes(seen)))
     return steps
-
-
-def _reuse(directory: Path, method: Any, seen: Any) -> Any:
-    from vlamergebench.merge_methods.base import MergedModel
-
-    if not (directory / "merged.json").is_file():
-        return None
-    model = MergedModel.open(directory)
-    same = model.config_hash == method.config.hash() and model.expert_set_id == seen.id
-    return model if same else None
 
 
 def storage_record(run_id: str, step: int, model: Any, kept_bytes: int) -> StorageRecord:
@@ -257,8 +220,7 @@ def run_benchmark(config: BenchmarkConfig) -> list[PhaseSummary]:
     Returns:
         One summary per evaluation (run x admission step).
     """
-    from vlamergebench.merge_methods.base import make_method
-    from vlamergebench.merge_methods.registry import METHODS, ROUTERS
+    from vlamergebench.merge_methods.registry import METHODS, ROUTERS, make_method
     from vlamergebench.policies.checkpoint import ExpertSet
 
     experts_dir = Path(config.experts) if config.experts else DEFAULT_EXPERTS

@@ -28,7 +28,7 @@ class MergedPolicies:
     def __init__(
         self, merged_dir: str | os.PathLike[str], cache_size: int = 2, tokenizer_dir: str | None = None
     ):
-        from vlamergebench.merge_methods.base import MergedModel
+        from vlamergebench.merge_methods.merged import MergedModel
 
         self.model = MergedModel.open(merged_dir)
         self.cache_size = cache_size
@@ -64,7 +64,7 @@ class MergedPolicies:
 
 
 def _load_router(merged_dir: str, name: str | None) -> Any:
-    from vlamergebench.merge_methods.base import MergedModel
+    from vlamergebench.merge_methods.merged import MergedModel
 
     return MergedModel.open(merged_dir).router(name)
 
