@@ -518,7 +518,7 @@ def _print_leaderboard(board: str) -> None:
 # --- build-default-experts ------------------------------------------------------------------------------
 def _add_build_default_experts(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
-        "the recipe (skills, demo counts, training steps) is vlamergebench/eval/default_experts.py; "
+        "the recipe (skills, demo counts, training steps) is vlamergebench/experts/recipe.py; "
         "finished stages are skipped and an interrupted one resumes"
     )
     parser.add_argument("--out", required=True, help="expert-set directory to build (demos, base, experts)")
@@ -527,7 +527,7 @@ def _add_build_default_experts(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_build_default_experts(args: argparse.Namespace) -> int:
-    from vlamergebench.eval.default_experts import build_default_experts
+    from vlamergebench.experts.recipe import build_default_experts
 
     build_default_experts(args.out, threads=args.threads, progress=not args.no_progress)
     return 0

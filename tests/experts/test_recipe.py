@@ -1,12 +1,12 @@
 """The embedded default expert set: shipped in the package, opened by `run` with no --experts, and made by the
-recipe `vlamergebench build-default-experts` runs (vlamergebench/eval/default_experts.py)."""
+recipe `vlamergebench build-default-experts` runs (vlamergebench/experts/recipe.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from vlamergebench.eval import default_experts as recipe
 from vlamergebench.eval.benchmark import DEFAULT_EXPERTS, task_units
+from vlamergebench.experts import recipe
 from vlamergebench.policies.checkpoint import ExpertSet
 
 

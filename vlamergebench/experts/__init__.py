@@ -1,0 +1,1 @@
+"""Building expert sets: scripted demonstrations (collect) and the default expert set's recipe."""
