@@ -98,7 +98,7 @@ def _add_collect_demos(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_collect_demos(args: argparse.Namespace) -> int:
-    from vlamergebench.eval.collect import CollectConfig, collect_demos
+    from vlamergebench.experts.collect import CollectConfig, collect_demos
 
     config = CollectConfig(
         suite=args.suite,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import vlamergebench.envs  # noqa: F401  (registers the ids)
-from vlamergebench.eval.collect import CollectConfig, collect_demos, run_expert_episode
+from vlamergebench.experts.collect import CollectConfig, collect_demos, run_expert_episode
 from vlamergebench.policies.demos import DemoFile
 from vlamergebench.policies.scripted.libero import LiberoScriptedExpert
 
