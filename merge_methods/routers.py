@@ -121,7 +121,7 @@ def _policy(
     model: MergedModel, tensors: Mapping[str, torch.Tensor], skill: str, tokenizer_dir: str | None
 ) -> Any:
     from vlamergebench.policies.config import VLAConfig
-    from vlamergebench.policies.model import VLAPolicy
+    from vlamergebench.policies.policy import VLAPolicy
 
     config = VLAConfig.from_dict(model.policy_config)
     return VLAPolicy.from_state_dict(

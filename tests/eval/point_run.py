@@ -13,8 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import evalworld
 
-from vlamergebench.eval.runner import Contender, Phase, RunOptions, TaskUnit, run_phase
+from vlamergebench.eval.runner import run_phase
 from vlamergebench.eval.store import ResultsStore, RunRecord
+from vlamergebench.eval.work import Contender, Phase, RunOptions, TaskUnit
 
 SKILLS = ("left", "right")
 

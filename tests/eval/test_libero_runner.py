@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from vlamergebench.eval.policy import SingleSkillSource
-from vlamergebench.eval.runner import Contender, Phase, RunOptions, TaskUnit, run_phase
+from vlamergebench.eval.runner import run_phase
 from vlamergebench.eval.store import ResultsStore, RunRecord
+from vlamergebench.eval.work import Contender, Phase, RunOptions, TaskUnit
 
 ENV_ID = "vlamergebench/LIBERO-Object-v0"
 

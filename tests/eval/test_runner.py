@@ -17,18 +17,9 @@ import evalworld
 
 from vlamergebench.eval.policy import PolicyContractError
 from vlamergebench.eval.rollout import rollout
-from vlamergebench.eval.runner import (
-    Contender,
-    EpisodeJob,
-    Evaluation,
-    Phase,
-    RunOptions,
-    TaskUnit,
-    plan,
-    run_evaluations,
-    run_phase,
-)
+from vlamergebench.eval.runner import plan, run_evaluations, run_phase
 from vlamergebench.eval.store import ResultsStore, RunRecord
+from vlamergebench.eval.work import Contender, EpisodeJob, Evaluation, Phase, RunOptions, TaskUnit
 from vlamergebench.eval.workers import WorkerError
 from vlamergebench.provenance import episode_seed
 

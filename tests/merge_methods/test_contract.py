@@ -35,7 +35,7 @@ def test_registry_metadata_is_complete():
 def test_check_method_on_real_tiny_experts(name, tiny_set, tmp_path):
     """The same contract on real tiny-preset checkpoints, and every skill loads into the real policy."""
     from vlamergebench.policies.config import VLAConfig
-    from vlamergebench.policies.model import VLAPolicy
+    from vlamergebench.policies.policy import VLAPolicy
 
     merged = check_method(name, tiny_set, tmp_path)
     weights = merged.instantiate(tiny_set.skills[-1])

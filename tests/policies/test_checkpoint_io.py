@@ -21,7 +21,8 @@ from vlamergebench.policies.io import (
     save_expert,
 )
 from vlamergebench.policies.lora import add_lora, base_namespace, lora_factors
-from vlamergebench.policies.model import VLAPolicy, build_model
+from vlamergebench.policies.model import build_model
+from vlamergebench.policies.policy import VLAPolicy
 from vlamergebench.policies.registry import make_config
 from vlamergebench.policies.tokenizer import HashedWordTokenizer
 

@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from vlamergebench.configs import ConfigError
 from vlamergebench.policies import checkpoint as ckpt
 from vlamergebench.policies.data import DemoError, load_frames
-from vlamergebench.policies.model import VLAPolicy, init_head
+from vlamergebench.policies.model import init_head
+from vlamergebench.policies.policy import VLAPolicy
 from vlamergebench.policies.registry import make_config
 from vlamergebench.policies.train import TrainConfig, prepare_model, train
 

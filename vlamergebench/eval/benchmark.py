@@ -25,16 +25,9 @@ from typing import Any
 
 from vlamergebench.configs import from_mapping
 from vlamergebench.eval.merged import merged_policies, merged_router
-from vlamergebench.eval.runner import (
-    Contender,
-    Evaluation,
-    Phase,
-    PhaseSummary,
-    RunOptions,
-    TaskUnit,
-    run_evaluations,
-)
+from vlamergebench.eval.runner import PhaseSummary, run_evaluations
 from vlamergebench.eval.store import PROTOCOLS, ResultsStore, RunRecord, StorageRecord
+from vlamergebench.eval.work import Contender, Evaluation, Phase, RunOptions, TaskUnit
 
 # The embedded default expert set ships inside the package (trained by the project's own pipeline).
 DEFAULT_EXPERTS = Path(__file__).resolve().parents[1] / "default_experts"

@@ -46,7 +46,7 @@ class MergedPolicies:
             self._cache.move_to_end(skill)
             return self._cache[skill]
         from vlamergebench.policies.config import VLAConfig
-        from vlamergebench.policies.model import VLAPolicy
+        from vlamergebench.policies.policy import VLAPolicy
 
         weights = self.model.instantiate(skill)
         policy = VLAPolicy.from_state_dict(

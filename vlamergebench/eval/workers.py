@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlamergebench.eval.rollout import EpisodeOutcome
-from vlamergebench.eval.runner import Resources, RunOptions, WorkItem, episode_record, run_item
 from vlamergebench.eval.store import EpisodeRecord
+from vlamergebench.eval.work import Resources, RunOptions, WorkItem, episode_record, run_item
 from vlamergebench.provenance import episode_seed
 
 _POLL_S = 0.5
