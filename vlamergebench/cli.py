@@ -407,7 +407,7 @@ def _run_run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from vlamergebench.eval.benchmark import BenchmarkConfig, default_out, run_benchmark
+    from vlamergebench.eval.run import RunConfig, default_out, run_command
     from vlamergebench.eval.store import StoreError
     from vlamergebench.leaderboards.registry import build_leaderboards
     from vlamergebench.policies.checkpoint import CheckpointError
@@ -417,7 +417,7 @@ def _run_run(args: argparse.Namespace) -> int:
     try:
         text = args.method_config or "{}"
         overrides = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
-        config = BenchmarkConfig(
+        config = RunConfig(
             method=args.method,
             method_config=overrides,
             experts=args.experts,
@@ -433,7 +433,7 @@ def _run_run(args: argparse.Namespace) -> int:
             perturbations=tuple(item for item in args.perturbations.split(",") if item),
             progress=not args.no_progress,
         )
-        summaries = run_benchmark(config)
+        summaries = run_command(config)
         build_leaderboards([out], Path(out) / "leaderboard")
     except (CheckpointError, StoreError, ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from vlamergebench.eval.benchmark import DEFAULT_EXPERTS, task_units
+from vlamergebench.eval.run import DEFAULT_EXPERTS, task_units
 from vlamergebench.experts import recipe
 from vlamergebench.policies.checkpoint import ExpertSet
 

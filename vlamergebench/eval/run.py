@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from vlamergebench.configs import from_mapping
-from vlamergebench.eval.merged import merged_policies, merged_router
 from vlamergebench.eval.runner import PhaseSummary, run_evaluations
+from vlamergebench.eval.sources import merged_policies, merged_router
 from vlamergebench.eval.store import PROTOCOLS, ResultsStore, RunRecord, StorageRecord
 from vlamergebench.eval.work import Contender, Evaluation, Phase, RunOptions, TaskUnit
 
@@ -34,7 +34,7 @@ DEFAULT_EXPERTS = Path(__file__).resolve().parents[1] / "default_experts"
 
 
 @dataclass(frozen=True)
-class BenchmarkConfig:
+class RunConfig:
     """Everything ``vlamergebench run`` needs; ``from_dict`` rejects unknown keys.
 
     Attributes:
@@ -73,16 +73,14 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         if self.protocol is not None and self.protocol not in PROTOCOLS:
-            raise ValueError(
-                f"BenchmarkConfig.protocol must be one of {PROTOCOLS} or None, got {self.protocol!r}"
-            )
+            raise ValueError(f"RunConfig.protocol must be one of {PROTOCOLS} or None, got {self.protocol!r}")
         if self.episodes_per_task < 1 or self.workers < 1 or not self.seeds or not self.routing:
             raise ValueError(
-                f"BenchmarkConfig: episodes_per_task, workers >= 1 and seeds, routing non-empty: {self}"
+                f"RunConfig: episodes_per_task, workers >= 1 and seeds, routing non-empty: {self}"
             )
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "BenchmarkConfig") -> BenchmarkConfig:
+    def from_dict(cls, data: Mapping[str, Any], where: str = "RunConfig") -> RunConfig:
         """Build from a mapping; an unknown key raises naming the known ones."""
         return from_mapping(cls, data, where)
 
@@ -207,7 +205,7 @@ def storage_record(run_id: str, step: int, model: Any, kept_bytes: int) -> Stora
     )
 
 
-def run_benchmark(config: BenchmarkConfig) -> list[PhaseSummary]:
+def run_command(config: RunConfig) -> list[PhaseSummary]:
     """Merge, evaluate every phase x routing x seed with one pool of workers, store every episode.
 
     Returns:
