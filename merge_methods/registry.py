@@ -155,7 +155,7 @@ _method(
     "robustmerge_paper",
     "robustmerge:RobustMerge",
     _ROBUST,
-    kwargs={"variant": "paper", "weight": 1.0},
+    kwargs={"variant": "paper", "weight": 2.0},
     needs_task_identity=False,
     router=None,
     stores=_ONE_MODEL,

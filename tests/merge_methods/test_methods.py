@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from vlamergebench.merge_methods import ops
 from vlamergebench.merge_methods.base import make_method
-from vlamergebench.merge_methods.robustmerge import RobustMergeConfig, merge_factors
+from vlamergebench.merge_methods.robustmerge import RobustMergeConfig, merge_factors, paper_delta
 
 torch.set_num_threads(1)
 Q_PROJ = "llm.layers.0.self_attn.q_proj"
@@ -140,6 +140,18 @@ def test_robustmerge_code_variant_by_hand(tmp_path, builders):
     torch.testing.assert_close(
         weight, base + 2.0 * (2.0 * B_STAR) @ (2.0 * A_STAR)
     )  # lora scale 2, weight 2 on A and B
+
+
+def test_robustmerge_paper_variant_is_lambda_times_summed_b_s_times_summed_a():
+    """arXiv 2502.17159: Delta W = lambda (sum_n B~_n S~_n)(sum_n A~_n), S~ normalised across tasks."""
+    config = RobustMergeConfig(variant="paper", keep_fraction=0.5, weight=2.0)
+    # rho1 = [1, 1.1] (A1 loses its 0.5), rho2 = [1, 1] -> S~1 = [1/2, 1.1/2.1], S~2 = [1/2, 1/2.1]
+    summed_b = B1 * torch.tensor([0.5, 1.1 / 2.1]) + B2 * torch.tensor([0.5, 1.0 / 2.1])
+    expected = 2.0 * 2.0 * summed_b @ A_STAR  # lambda 2, LoRA scale 2; A_STAR = A~1 + A~2
+    torch.testing.assert_close(paper_delta([(A1, B1), (A2, B2)], 2.0, config), expected)
+    a1 = A1 * (A1.abs() > 0.5)  # A~1
+    per_task = (B1 * torch.tensor([0.5, 1.1 / 2.1])) @ a1 + (B2 * torch.tensor([0.5, 1.0 / 2.1])) @ A2
+    assert not torch.allclose(expected, 4.0 * per_task)  # the earlier reading, a sum of per-task products
 
 
 def test_mergevla_masks_keep_exactly_the_formula(two, tmp_path):
