@@ -187,6 +187,16 @@ _method(
     kind="continual",
     stores="base + dense core + per-skill low-rank residuals + per-group norms + text router keys",
 )
+_method(
+    "carve_vlm",
+    "carve:Carve",
+    _CARVE,
+    kwargs={"action_expert": "own"},
+    needs_task_identity=True,
+    router="carve_text",
+    kind="continual",
+    stores="base + dense VLM core + per-skill VLM residuals + per-skill whole action experts + router keys",
+)
 
 ROUTERS.register(
     "oracle",

@@ -230,6 +230,20 @@ def test_carve_by_hand(two, tmp_path):
     assert second.tensor_file("skills/00/residual.safetensors").read(W + ".raw").abs().sum() == 0
 
 
+def test_carve_vlm_keeps_each_skills_own_action_expert_and_merges_the_vlm_like_carve(two, tmp_path):
+    carve = make_method("carve", residual_dtype="float32").merge(two, tmp_path / "carve", progress=False)
+    vlm_only = make_method("carve_vlm", residual_dtype="float32").merge(two, tmp_path / "vlm", progress=False)
+    bank = make_method("expert_bank").merge(two, tmp_path / "bank", progress=False)
+    assert not any(n.startswith("action_head.") for n in vlm_only.tensor_file("core.safetensors").names)
+    for skill in two.skills:
+        ours, expert = vlm_only.instantiate(skill).tensors, bank.instantiate(skill).tensors
+        heads = [n for n in expert if n.startswith(("action_head.", "action_queries.", "proprio_projector."))]
+        assert heads and all(torch.equal(ours[n], expert[n]) for n in heads)  # the skill's own, bit for bit
+        torch.testing.assert_close(ours[W], carve.instantiate(skill).tensors[W])  # the VLM as CARVE's
+    stored = {f.path for f in vlm_only.storage.files}
+    assert {f"skills/{i:02d}/action_expert.safetensors" for i in range(len(two.skills))} <= stored
+
+
 def test_carve_rank_r_residual_error_is_the_spectral_tail(two, tmp_path):
     method = make_method("carve", residual_dtype="float32", min_factorise_numel=8, rank=1)
     first = method.admit(_prefix(two, 1), None, tmp_path / "t1", progress=False)
