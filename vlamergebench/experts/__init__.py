@@ -1,1 +1,1 @@
-"""Building expert sets: scripted demonstrations (collect) and the default expert set's recipe."""
+"""Building expert sets: scripted demonstrations (collect), the default recipes, acceptance statistics."""

@@ -1,12 +1,12 @@
 """The embedded default expert set: shipped in the package, opened by `run` with no --experts, and made by the
-recipe `vlamergebench build-default-experts` runs (vlamergebench/experts/recipe.py)."""
+recipe `vlamergebench build-default-experts` runs (vlamergebench/experts/default_v1.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from vlamergebench.eval.run import DEFAULT_EXPERTS, task_units
-from vlamergebench.experts import recipe
+from vlamergebench.experts import default_v1 as recipe
 from vlamergebench.policies.checkpoint import ExpertSet
 
 
