@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -55,6 +54,8 @@ from vlamergebench.merge_methods.io import (
     TensorFile,
     as_float32,
     check_finite_tensor,
+    hidden_work_dir,
+    remove_stale_work,
 )
 from vlamergebench.policies.checkpoint import (
     ACTION_EXPERT_FILE,
@@ -546,7 +547,8 @@ class ContinualMethod(MergeMethod):
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out}: already exists (pass overwrite to replace it)")
         out.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.admissions-", dir=out.parent))
+        remove_stale_work(out)
+        scratch = hidden_work_dir(out, "admissions")
         previous: MergedModel | None = None
         try:
             for count in range(1, len(experts.experts) + 1):

@@ -11,8 +11,10 @@ Protocols (DESIGN.md "Protocol"):
       continual method admits experts one at a time (its snapshots); a one-shot method re-merges each prefix
       and, since it must keep every expert it has seen to do so, its storage adds those experts' files.
 
-Resuming: merged directories are reused when they exist with the same method config and expert-set id, and
-the store skips finished episodes, so rerunning a killed command continues it.
+Resuming: merged directories are reused when they exist with the same method config, method code version
+(:func:`method_code_version`) and expert-set id, and the store skips finished episodes, so rerunning a
+killed command continues it; after the method's code changed, the store refuses to extend a run with
+episodes of the old code.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +68,7 @@ class BenchmarkConfig:
             :func:`perturbed_variants`): variant labels (``camera-L3-s0``), axis names (every level and seed
             of that axis), ``L<k>`` (every axis at level k, seed 0) or ``all``; empty: none.
         progress: Show progress bars.
+        retry_errors: Also rerun stored episodes that ended in a simulator error.
     """
 
     method: str
@@ -80,6 +85,7 @@ class BenchmarkConfig:
     image_size: int | None = None
     perturbations: tuple[str, ...] = ()
     progress: bool = True
+    retry_errors: bool = False
 
     def __post_init__(self) -> None:
         if self.protocol is not None and self.protocol not in PROTOCOLS:
@@ -140,20 +146,40 @@ def _perturbed_env_id(suite: str, where: str) -> str:
     return LIBERO_PERTURBED_IDS[suite]
 
 
+def registered_env_ids() -> frozenset[str]:
+    """The ``vlamergebench/*`` ids registered with Gymnasium: the only env ids an expert set may name.
+
+    Gymnasium imports the module of a ``module:id`` id before looking it up, so an id copied from an
+    expert's ``config.json`` unchecked would let a downloaded expert set run code.
+    """
+    import gymnasium as gym
+
+    import vlamergebench.envs  # noqa: F401  (registers the ids)
+
+    return frozenset(key for key in gym.registry if key.startswith("vlamergebench/"))
+
+
 def task_units(
     experts: Any, select: Sequence[str], image_size: int, perturbations: Sequence[str] = ()
 ) -> list[TaskUnit]:
     """One unit per expert (skill), in admission order, keeping those named in ``select`` (skill or suite).
 
     With ``perturbations``, each kept skill also gets one unit per perturbed variant (after its clean unit).
+    An env id that is not one of :func:`registered_env_ids` raises, naming the expert's ``config.json``.
     """
     variants = perturbed_variants(perturbations)
+    allowed = registered_env_ids()
     units, known = [], set()
     for expert in experts.experts:
         skill = expert.config.get("skill") or {}
         missing = [key for key in ("name", "suite", "task_id", "env_id") if skill.get(key) is None]
         if missing:
             raise ValueError(f"{expert.path}/config.json: skill lacks {missing}; evaluation needs its env")
+        if skill["env_id"] not in allowed:
+            raise ValueError(
+                f"{expert.path}/config.json: skill.env_id {skill['env_id']!r} is not a registered "
+                "vlamergebench env id; expected one listed by 'vlamergebench envs'"
+            )
         known |= {skill["name"], skill["suite"]}
         if select and skill["name"] not in select and skill["suite"] not in select:
             continue
@@ -181,6 +207,24 @@ def task_units(
             f"--select names {unknown}, not a skill or suite of the expert set ({sorted(known)})"
         )
     return units
+
+
+def method_code_version(name: str) -> str:
+    """12 hex digits of SHA-256 over the package version and the source of the method's module.
+
+    Merged directories are named with it and every episode records it, so a fixed method is merged again
+    and its new episodes never join a run holding the old ones.
+    """
+    import hashlib
+    import importlib.util
+
+    from vlamergebench.eval.provenance import package_versions
+    from vlamergebench.merge_methods.registry import METHODS
+
+    module = importlib.util.find_spec(METHODS.spec(name).entry_point.partition(":")[0])
+    source = Path(module.origin).read_bytes() if module is not None and module.origin else b""
+    version = package_versions()["vlamergebench"].encode()
+    return hashlib.sha256(version + b"\0" + source).hexdigest()[:12]
 
 
 def _merged(method: Any, experts: Any, directory: Path, progress: bool) -> Any:
@@ -211,7 +255,7 @@ def models_per_step(
     """``(admission step, merged model, extra stored bytes)`` for every phase of ``protocol``."""
     from vlamergebench.merge_methods.base import prefix
 
-    name = f"{method.name}-{method.config.hash(method.name)}"
+    name = f"{method.name}-{method.config.hash(method.name)}-code{method_code_version(method.name)}"
     total = len(experts.experts)
     if protocol == "one_shot":
         return [(total, _merged(method, experts, out / "merged" / name, progress), 0)]
@@ -264,7 +308,17 @@ def run_benchmark(config: BenchmarkConfig) -> list[PhaseSummary]:
 
     Returns:
         One summary per evaluation (run x admission step).
+
+    Raises:
+        ValueError: ``config.out`` is unwritable or held by another run (:func:`out_lock`), or an input is
+            wrong; nothing has been merged or run then.
     """
+    check_writable(Path(config.out))
+    with out_lock(Path(config.out)):
+        return _run_benchmark(config)
+
+
+def _run_benchmark(config: BenchmarkConfig) -> list[PhaseSummary]:
     from vlamergebench.merge_methods.base import make_method
     from vlamergebench.merge_methods.registry import METHODS, ROUTERS
     from vlamergebench.policies.checkpoint import ExpertSet
@@ -287,7 +341,13 @@ def run_benchmark(config: BenchmarkConfig) -> list[PhaseSummary]:
     units = task_units(experts, config.select, image_size, config.perturbations)
     out = Path(config.out)
     models = models_per_step(method, experts, protocol, out, config.progress)
-    options = RunOptions(workers=config.workers, max_steps=config.max_steps, progress=config.progress)
+    code_version = method_code_version(config.method)
+    options = RunOptions(
+        workers=config.workers,
+        max_steps=config.max_steps,
+        progress=config.progress,
+        retry_errors=config.retry_errors,
+    )
     evaluations = []
     with ResultsStore.open(out) as store:
         for mode in config.routing:
@@ -311,10 +371,57 @@ def run_benchmark(config: BenchmarkConfig) -> list[PhaseSummary]:
                     if phase_units:
                         factory = None if router is None else merged_router(model.path, router)
                         contender = Contender(merged_policies(model.path), factory)
-                        evaluations.append(
-                            Evaluation(run, Phase(step, phase_units, config.episodes_per_task), contender)
-                        )
+                        phase = Phase(step, phase_units, config.episodes_per_task)
+                        evaluations.append(Evaluation(run, phase, contender, code_version))
         return run_evaluations(store, evaluations, options, label=f"{config.method} ({protocol})")
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` and write a file there: an unwritable output fails before any merge or rollout."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ValueError(f"--out {out}: cannot write there ({error.strerror or error})") from None
+
+
+LOCK_FILE = ".vlamergebench-run.lock"
+
+
+@contextmanager
+def out_lock(out: Path) -> Iterator[None]:
+    """Hold ``out`` for one run; a second run on it refuses, naming the holder, instead of racing it.
+
+    The lock is the kernel's (``flock``), so it is released whenever the holder exits, even killed.
+    """
+    import fcntl
+    import socket
+    import sys
+
+    out.mkdir(parents=True, exist_ok=True)
+    handle = (out / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(
+            f"--out {out} is in use by {holder}; wait for that run to finish or give another --out"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started} ({' '.join(sys.argv)})")
+        handle.flush()
+        yield
+    finally:
+        handle.truncate(0)
+        handle.close()
 
 
 def default_out(method: str) -> str:
