@@ -229,7 +229,8 @@ def test_a_dead_worker_is_an_infrastructure_error_kept_out_of_rates_and_rerun_on
 
     from vlamergebench.eval.results import load_results
 
-    run, crashing = _run(), Phase(admission_step=1, units=_units(crash_init_states=[1]), episodes_per_task=3)
+    # admission step 2 = the run's final model, the one the success board ranks
+    run, crashing = _run(), Phase(admission_step=2, units=_units(crash_init_states=[1]), episodes_per_task=3)
     with ResultsStore.open(tmp_path / "s") as store:
         first = run_phase(store, run, crashing, _contender(), RunOptions(workers=2, progress=False))
         pending = set(Evaluation(run, crashing, _contender()).episode_keys()) - set(
@@ -247,7 +248,7 @@ def test_a_dead_worker_is_an_infrastructure_error_kept_out_of_rates_and_rerun_on
 
     with ResultsStore.open(tmp_path / "s") as store:  # the rerun (healthy simulator) runs only those two
         again = run_phase(
-            store, run, Phase(1, _units(), 3), _contender(), RunOptions(workers=1, progress=False)
+            store, run, Phase(2, _units(), 3), _contender(), RunOptions(workers=1, progress=False)
         )
         rows = store.episodes_frame()
     assert (again.ran, again.resumed, again.episodes, again.errors) == (2, 4, 6, 0)

@@ -81,11 +81,6 @@ def test_consensus_ties_by_hand(three, tmp_path):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13: robustmerge_paper still sums per-task products with weight 1; the lead is fixing it "
-    "to the paper's lambda (sum_n B~_n S~_n)(sum_n A~_n), lambda = 2 (remove this marker with the fix)",
-)
 def test_robustmerge_paper_is_the_papers_formula_by_hand(tmp_path, builders):
     # RobustMerge (arXiv:2502.17159), merged update: Delta W = lambda (sum_n B~_n S~_n)(sum_n A~_n),
     # S~_n = S_n / sum_m S_m, S_n = diag(||A_n row||_1 / ||A~_n row||_1), lambda = 2 (the paper's default).
