@@ -332,7 +332,11 @@ def run_benchmark(config: BenchmarkConfig) -> list[PhaseSummary]:
     Raises:
         ValueError: ``config.out`` is unwritable or held by another run (:func:`out_lock`), or an input is
             wrong; nothing has been merged or run then.
+        FileNotFoundError: the expert set has no ``expert_set.json``.
     """
+    experts_dir = Path(config.experts) if config.experts else DEFAULT_EXPERTS
+    if not (experts_dir / "expert_set.json").is_file():  # before --out is created
+        raise FileNotFoundError(f"{experts_dir}: no expert_set.json here (pass --experts DIR)")
     check_writable(Path(config.out))
     with out_lock(Path(config.out)):
         return _run_benchmark(config)
@@ -343,10 +347,7 @@ def _run_benchmark(config: BenchmarkConfig) -> list[PhaseSummary]:
     from vlamergebench.merge_methods.registry import METHODS, ROUTERS
     from vlamergebench.policies.checkpoint import ExpertSet
 
-    experts_dir = Path(config.experts) if config.experts else DEFAULT_EXPERTS
-    if not (experts_dir / "expert_set.json").is_file():
-        raise FileNotFoundError(f"{experts_dir}: no expert_set.json here (pass --experts DIR)")
-    experts = ExpertSet.open(experts_dir)
+    experts = ExpertSet.open(Path(config.experts) if config.experts else DEFAULT_EXPERTS)
     method = make_method(config.method, **dict(config.method_config))
     protocol = config.protocol or method.kind
     own_router = METHODS.spec(config.method).metadata.get("router")
