@@ -8,6 +8,8 @@ so any subset runs in any order. Adding an artefact is one ``register`` call her
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,9 +45,15 @@ def build_leaderboards(
 ) -> dict[str, list[Path]]:
     """Load the results of ``sources`` (stores, run directories, bundles) and run ``builders`` (default: all).
 
+    The files are built in a hidden sibling of ``out_dir`` and moved into place only when every builder has
+    finished, so a failed build (a full disk, a bug) leaves the previous board as it was. Text in figures
+    is never read as matplotlib math text: names come from anyone's bundle.
+
     Returns:
         Builder name -> the files it wrote.
     """
+    import matplotlib
+
     from vlamergebench.eval.results import load_results
 
     names = list(builders) if builders is not None else BUILDERS.names()
@@ -54,4 +62,15 @@ def build_leaderboards(
     results = load_results(sources)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return {name: BUILDERS.load(name)(results, out) for name in names}
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    try:
+        with matplotlib.rc_context({"text.parse_math": False}):
+            built = {name: BUILDERS.load(name)(results, staging) for name in names}
+        written: dict[str, list[Path]] = {}
+        for name, paths in built.items():
+            written[name] = [out / path.relative_to(staging) for path in paths]
+            for path, target in zip(paths, written[name], strict=True):
+                os.replace(path, target)
+        return written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

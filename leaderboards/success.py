@@ -5,7 +5,8 @@ and routed entries side by side, routing accuracy and confusion matrices, and pe
 
 Only each run's final model is ranked (admission step T; a continual run's earlier steps belong to the
 forgetting leaderboard). An episode that ended in a simulator error counts as a failure; the ``errors``
-column says how many there were.
+column says how many there were. An episode lost to the infrastructure (its worker process died) is in no
+rate; the ``infrastructure_errors`` column counts those a resume has yet to rerun.
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ def compute(results: Results) -> dict[str, pd.DataFrame]:
     routing = metrics.routing_table(episodes)
     errors = tasks.groupby(list(metrics.ENTRY_COLUMNS))["errors"].sum().rename("errors").reset_index()
     overall = overall.merge(errors, on=list(metrics.ENTRY_COLUMNS), how="left")
+    lost = results.infrastructure_errors
+    lost_counts = (
+        lost.groupby(list(metrics.ENTRY_COLUMNS)).size() if lost is not None and len(lost) else pd.Series()
+    )
+    overall["infrastructure_errors"] = [
+        int(lost_counts.get(key, 0))
+        for key in overall[list(metrics.ENTRY_COLUMNS)].itertuples(index=False, name=None)
+    ]
     accuracy = routing[[*metrics.ENTRY_COLUMNS, "rate", "ci_low", "ci_high"]].rename(
         columns={"rate": "routing_accuracy", "ci_low": "routing_ci_low", "ci_high": "routing_ci_high"}
     )
@@ -79,7 +88,8 @@ def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 
     overall = frames["overall"]
     suites = frames["suites"].pivot_table(index="entry", columns="suite", values="rate", aggfunc="first")
-    board = rated(overall, ["entry", "routing_mode", "suites", "tasks", "episodes", "errors"])
+    lost = ["infrastructure_errors"] if overall["infrastructure_errors"].any() else []  # shown when any
+    board = rated(overall, ["entry", "routing_mode", "suites", "tasks", "episodes", "errors", *lost])
     for suite in suites.columns:
         board[f"{suite} %"] = [tb.percent(suites[suite].get(entry)) for entry in overall["entry"]]
     board["routing accuracy %"] = [
@@ -158,7 +168,11 @@ def build(results: Results, out_dir: Path) -> list[Path]:
     """Write ``success_*.csv``, ``success.md`` and ``success.png`` into ``out_dir``."""
     frames = compute(results)
     written = [tb.write_csv(frame, out_dir / f"success_{name}.csv") for name, frame in frames.items()]
-    notes = ["Final model of each run; episodes with a simulator error count as failures (column `errors`)."]
+    notes = [
+        "Final model of each run; episodes with a simulator error count as failures (column `errors`); "
+        "episodes whose worker process died are in no rate (column `infrastructure_errors`: rerun them by "
+        "resuming the run)."
+    ]
     written.append(tb.write_markdown(out_dir / "success.md", TITLE, display(frames), notes))
     fig = figure(frames)
     if fig is not None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import inspect
 import os
 import shutil
-import tempfile
 import typing
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -45,7 +44,9 @@ from vlamergebench.merge_methods.io import (
     ExpertView,
     MergeInputError,
     count_non_finite,
+    hidden_work_dir,
     open_views,
+    remove_stale_work,
 )
 from vlamergebench.merge_methods.merged import (
     MERGED_FILE,
@@ -240,7 +241,8 @@ class ContinualMethod(MergeMethod[C]):
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out}: already exists (pass overwrite to replace it)")
         out.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.admissions-", dir=out.parent))
+        remove_stale_work(out)
+        scratch = hidden_work_dir(out, "admissions")
         try:
             folder = Path(snapshot_dir) if snapshot_dir is not None else scratch
             final = self.admissions(experts, folder, overwrite=overwrite, progress=progress)[-1]

@@ -23,6 +23,17 @@ from collections.abc import Callable, Sequence
 Handler = Callable[[argparse.Namespace], int]
 
 
+def positive_int(text: str) -> int:
+    """The ``type`` of count and size flags: a bad value is refused at parse time, naming the flag."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 # --- envs -----------------------------------------------------------------------------------------------
 def _add_envs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", default=None, help="only list this family (libero, so101, aloha, ...)")
@@ -80,12 +91,12 @@ def _add_collect_demos(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--task", required=True, help="task id (LIBERO's order) or task name")
     parser.add_argument(
-        "--episodes", type=int, default=50, help="episodes (init states) to attempt (default 50)"
+        "--episodes", type=positive_int, default=50, help="episodes (init states) to attempt (default 50)"
     )
     parser.add_argument("--start", type=int, default=0, dest="start_init_state", help="first init state id")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode (episode k: seed + k)")
     parser.add_argument(
-        "--image-size", type=int, default=128, help="stored camera size in pixels (default 128)"
+        "--image-size", type=positive_int, default=128, help="stored camera size in pixels (default 128)"
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", help="output directory; writes <suite>_task<id>.hdf5")
@@ -163,8 +174,8 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-id", type=int, help="expert skill's task id within the suite")
     parser.add_argument("--env-id", help="expert skill's Gymnasium env id")
     parser.add_argument("--config", help="JSON file of TrainConfig fields (flags below override it)")
-    parser.add_argument("--steps", type=int, help="optimiser steps (default 2000)")
-    parser.add_argument("--batch-size", type=int, help="frames per step (default 32)")
+    parser.add_argument("--steps", type=positive_int, help="optimiser steps (default 2000)")
+    parser.add_argument("--batch-size", type=positive_int, help="frames per step (default 32)")
     parser.add_argument("--lr", type=float, dest="learning_rate", help="AdamW learning rate (default 2e-4)")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), help="default constant (upstream)")
     parser.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 0)")
@@ -172,9 +183,13 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-seed", type=int, help="a base's weight initialisation seed (default 0)")
     parser.add_argument("--head-init", choices=("seed", "base"), help="expert head start (default seed)")
     parser.add_argument("--head-init-seed", type=int, help="head init seed; experts must use their base's")
-    parser.add_argument("--checkpoint-every", type=int, help="steps between saved states (default 250)")
-    parser.add_argument("--max-demos-per-file", type=int, help="use only the first demos of each file")
-    parser.add_argument("--frame-stride", type=int, help="use every n-th frame (default 1)")
+    parser.add_argument(
+        "--checkpoint-every", type=positive_int, help="steps between saved states (default 250)"
+    )
+    parser.add_argument(
+        "--max-demos-per-file", type=positive_int, help="use only the first demos of each file"
+    )
+    parser.add_argument("--frame-stride", type=positive_int, help="use every n-th frame (default 1)")
     parser.add_argument(
         "--no-augment",
         action="store_const",
@@ -183,7 +198,9 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
         help="disable random crop and colour jitter",
     )
     parser.add_argument("--work", help="work directory for resume state and logs (default <out>.work)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)"
+    )
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -282,7 +299,7 @@ def _run_merge(args: argparse.Namespace) -> int:
     import json
 
     from vlamergebench.configs import ConfigError
-    from vlamergebench.merge_methods.io import MergeInputError, keep_freed_memory
+    from vlamergebench.merge_methods.io import MergeInputError, keep_freed_memory, refuse_overlap
     from vlamergebench.merge_methods.registry import make_method
     from vlamergebench.policies.checkpoint import CheckpointError, ExpertSet
 
@@ -304,6 +321,10 @@ def _run_merge(args: argparse.Namespace) -> int:
             raise ConfigError(f"--snapshots needs a continual method; {args.method!r} is {method.kind}")
         extra = {"snapshot_dir": args.snapshots} if method.kind == "continual" else {}
         experts = ExpertSet.open(args.experts)
+        inputs = [experts.path, experts.base.path, *(expert.path for expert in experts.experts)]
+        refuse_overlap(args.out, inputs, "--out")
+        if args.snapshots is not None:
+            refuse_overlap(args.snapshots, inputs, "--snapshots")
         merged = method.merge(
             experts, args.out, overwrite=args.overwrite, progress=not args.no_progress, **extra
         )
@@ -349,7 +370,7 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--episodes",
-        type=int,
+        type=positive_int,
         default=10,
         help="episodes per task, on LIBERO's fixed init states 0..N-1 (default 10; LIBERO's protocol is 50)",
     )
@@ -374,7 +395,10 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
         "skills after each admission (default: the method's own kind)",
     )
     parser.add_argument(
-        "--workers", type=int, default=None, help="rollout worker processes (default: min(2, CPU cores))"
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="rollout worker processes (default: min(2, CPU cores))",
     )
     parser.add_argument(
         "--out",
@@ -384,10 +408,16 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
         "rerunning the same command resumes",
     )
     parser.add_argument(
-        "--max-steps", type=int, default=None, help="cap on steps per episode (default: the env's limit)"
+        "--max-steps",
+        type=positive_int,
+        default=None,
+        help="cap on steps per episode (default: the env's limit)",
     )
     parser.add_argument(
-        "--image-size", type=int, default=None, help="camera resolution in pixels (default: policy input)"
+        "--image-size",
+        type=positive_int,
+        default=None,
+        help="camera resolution in pixels (default: policy input)",
     )
     parser.add_argument(
         "--perturbations",
@@ -397,6 +427,12 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
         "comma-separated variant labels (camera-L3-s0), axis names (camera, robot_init, language, light, "
         "background, noise, layout: every level and seed), L1..L5 (every axis at that level, seed 0) or "
         "all; default none",
+    )
+    parser.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="also rerun stored episodes that ended in a simulator error (episodes whose worker process "
+        "died are always rerun)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -417,6 +453,8 @@ def _run_run(args: argparse.Namespace) -> int:
     try:
         text = args.method_config or "{}"
         overrides = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+        if not isinstance(overrides, dict):
+            raise ValueError(f"--method-config: expected a JSON object, got {type(overrides).__name__}")
         config = RunConfig(
             method=args.method,
             method_config=overrides,
@@ -432,6 +470,7 @@ def _run_run(args: argparse.Namespace) -> int:
             image_size=args.image_size,
             perturbations=tuple(item for item in args.perturbations.split(",") if item),
             progress=not args.no_progress,
+            retry_errors=args.retry_errors,
         )
         summaries = run_command(config)
         build_leaderboards([out], Path(out) / "leaderboard")
@@ -524,32 +563,19 @@ def _add_build_default_experts(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="expert-set directory to build (demos, base, experts)")
     parser.add_argument("--recipe", choices=("v2", "v1"), default="v2", help="which recipe (default v2)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument(
-        "--jobs", type=_positive_int("--jobs"), default=2, help="v2: demo tasks collected at once (default 2)"
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)"
     )
     parser.add_argument(
-        "--workers", type=_positive_int("--workers"), default=2, help="v2: acceptance rollout workers"
+        "--jobs", type=positive_int, default=2, help="v2: demo tasks collected at once (default 2)"
     )
+    parser.add_argument("--workers", type=positive_int, default=2, help="v2: acceptance rollout workers")
     parser.add_argument(
         "--stop-before",
         choices=("base", "experts", "acceptance"),
         help="v2: stop before this stage (staged runs; rerun without it to continue)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
-def _positive_int(flag: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be a whole number >= 1, got {text!r}")
-        return value
-
-    return parse
 
 
 def _run_build_default_experts(args: argparse.Namespace) -> int:
@@ -633,9 +659,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen subcommand; returns the process exit status."""
+    """Parse ``argv`` and run the chosen subcommand; returns the process exit status.
+
+    A system error (a full disk, a read-only directory) is one line; Ctrl-C says how to go on.
+    """
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except OSError as error:
+        print(f"vlamergebench {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        hint = RESUME_HINTS.get(args.command, "finished work is kept")
+        print(f"\nvlamergebench {args.command}: interrupted; {hint}", file=sys.stderr)
+        return 130
+
+
+# What an interrupted subcommand keeps, and how to continue it.
+RESUME_HINTS = {
+    "run": "every finished episode is stored; rerun the same command to resume",
+    "collect-demos": "rerun the same command with --resume to continue",
+    "train": "rerun the same command to resume from the last saved state",
+    "build-default-experts": "rerun the same command to resume",
+    "merge": "nothing was written; rerun the command",
+}
 
 
 if __name__ == "__main__":

@@ -110,3 +110,69 @@ def test_bad_input_fails_before_any_rollout(expert_set, tmp_path, capsys, extra,
 def test_a_bad_expert_set_is_named(tmp_path, capsys):
     assert main(["run", "--method", "ta", "--experts", str(tmp_path)]) == 1
     assert f"{tmp_path}: no expert_set.json here" in capsys.readouterr().err
+
+
+def test_ctrl_c_prints_one_line_saying_how_to_resume(expert_set, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "o"
+    command = [sys.executable, "-m", "vlamergebench.cli", "run", "--method", "ta", "--experts",
+               str(expert_set), "--out", str(out), "--episodes", "3", "--max-steps", "200", "--workers", "1",
+               "--no-progress"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 400
+    while not (out / "results.sqlite").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside the rollouts
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "vlamergebench run: interrupted; every finished episode is stored; rerun the same command to resume"
+    )
+
+
+def test_sigkill_mid_run_on_libero_then_resume_loses_and_repeats_nothing(expert_set, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from vlamergebench.eval.store import EPISODE_KEY
+
+    out, episodes = tmp_path / "o", 4  # per task, two tasks
+    command = [sys.executable, "-m", "vlamergebench.cli", "run", "--method", "ta", "--experts",
+               str(expert_set), "--out", str(out), "--episodes", str(episodes), "--max-steps", "16",
+               "--workers", "2", "--no-progress"]  # fmt: skip
+
+    def stored():
+        try:
+            with ResultsStore.open(out, readonly=True) as store:
+                return store.episodes_frame()
+        except Exception:  # not created yet
+            return None
+
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 500
+    while time.monotonic() < deadline and process.poll() is None:
+        rows = stored()
+        if rows is not None and len(rows) >= 2:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, process.communicate()
+    before = stored()
+    assert 2 <= len(before) < 2 * episodes, "the kill should land mid-way"
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed = f"{2 * episodes} episodes ({2 * episodes - len(before)} run now, {len(before)} resumed)"
+    assert resumed in result.stdout
+    after = stored()
+    assert len(after) == 2 * episodes and not after.duplicated(list(EPISODE_KEY)).any()
+    assert sorted(after["episode_index"]) == sorted(list(range(episodes)) * 2)
+    kept = before.set_index(list(EPISODE_KEY))
+    assert after.set_index(list(EPISODE_KEY)).loc[kept.index].equals(kept)  # finished rows untouched

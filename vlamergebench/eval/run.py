@@ -11,14 +11,18 @@ Protocols (DESIGN.md "Protocol"):
       continual method admits experts one at a time (its snapshots); a one-shot method re-merges each prefix
       and, since it must keep every expert it has seen to do so, its storage adds those experts' files.
 
-Resuming: merged directories are reused when they exist with the same method config and expert-set id, and
-the store skips finished episodes, so rerunning a killed command continues it.
+Resuming: merged directories are reused when they exist with the same method config, method code version
+(:func:`method_code_version`) and expert-set id, and the store skips finished episodes, so rerunning a
+killed command continues it; after the method's code changed, the store refuses to extend a run with
+episodes of the old code.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +58,7 @@ class RunConfig:
             :func:`perturbed_variants`): variant labels (``camera-L3-s0``), axis names (every level and seed
             of that axis), ``L<k>`` (every axis at level k, seed 0) or ``all``; empty: none.
         progress: Show progress bars.
+        retry_errors: Also rerun stored episodes that ended in a simulator error.
     """
 
     method: str
@@ -70,6 +75,7 @@ class RunConfig:
     image_size: int | None = None
     perturbations: tuple[str, ...] = ()
     progress: bool = True
+    retry_errors: bool = False
 
     def __post_init__(self) -> None:
         if self.protocol is not None and self.protocol not in PROTOCOLS:
@@ -120,6 +126,19 @@ def _perturbed_env_id(suite: str, where: str) -> str:
     return LIBERO_PERTURBED_IDS[suite]
 
 
+def registered_env_ids() -> frozenset[str]:
+    """The ``vlamergebench/*`` ids registered with Gymnasium: the only env ids an expert set may name.
+
+    Gymnasium imports the module of a ``module:id`` id before looking it up, so an id copied from an
+    expert's ``config.json`` unchecked would let a downloaded expert set run code.
+    """
+    import gymnasium as gym
+
+    import vlamergebench.envs  # noqa: F401  (registers the ids)
+
+    return frozenset(key for key in gym.registry if key.startswith("vlamergebench/"))
+
+
 def skill_tasks(skill: Mapping[str, Any], where: str) -> list[tuple[int, str]]:
     """``(LIBERO task id, task name)`` of every task of a skill record, in order.
 
@@ -146,14 +165,21 @@ def task_units(
     ``select`` names skills or suites.
 
     With ``perturbations``, each kept skill also gets one unit per perturbed variant (after its clean unit).
+    An env id that is not one of :func:`registered_env_ids` raises, naming the expert's ``config.json``.
     """
     variants = perturbed_variants(perturbations)
+    allowed = registered_env_ids()
     units, known = [], set()
     for expert in experts.experts:
         skill = expert.config.get("skill") or {}
         missing = [key for key in ("name", "suite", "task_id", "env_id") if skill.get(key) is None]
         if missing:
             raise ValueError(f"{expert.path}/config.json: skill lacks {missing}; evaluation needs its env")
+        if skill["env_id"] not in allowed:
+            raise ValueError(
+                f"{expert.path}/config.json: skill.env_id {skill['env_id']!r} is not a registered "
+                "vlamergebench env id; expected one listed by 'vlamergebench envs'"
+            )
         known |= {skill["name"], skill["suite"]}
         if select and skill["name"] not in select and skill["suite"] not in select:
             continue
@@ -183,17 +209,36 @@ def task_units(
     return units
 
 
+def method_code_version(name: str) -> str:
+    """12 hex digits of SHA-256 over the package version and the source of the method's module.
+
+    Merged directories are named with it and every episode records it, so a fixed method is merged again
+    and its new episodes never join a run holding the old ones.
+    """
+    import hashlib
+    import importlib.util
+
+    from vlamergebench.merge_methods.registry import METHODS
+    from vlamergebench.provenance import package_versions
+
+    module = importlib.util.find_spec(METHODS.spec(name).entry_point.partition(":")[0])
+    source = Path(module.origin).read_bytes() if module is not None and module.origin else b""
+    version = package_versions()["vlamergebench"].encode()
+    return hashlib.sha256(version + b"\0" + source).hexdigest()[:12]
+
+
 def models_per_step(
     method: Any, experts: Any, protocol: str, out: Path, progress: bool
 ) -> list[tuple[int, Any, int]]:
     """``(admission step, merged model, extra stored bytes)`` for every phase of ``protocol``.
 
-    Merged directories already there from the same method, config and experts are reused (a resumed run).
+    Merged directories already there from the same method, config, code version and experts are reused (a
+    resumed run).
     """
     from vlamergebench.merge_methods.base import merged_or_rewritten, prefix
     from vlamergebench.merge_methods.merged import kept_expert_bytes
 
-    name = f"{method.name}-{method.config.hash()}"
+    name = f"{method.name}-{method.config.hash()}-code{method_code_version(method.name)}"
     total = len(experts.experts)
     if protocol == "one_shot":
         return [(total, merged_or_rewritten(method, experts, out / "merged" / name, progress), 0)]
@@ -230,14 +275,25 @@ def run_command(config: RunConfig) -> list[PhaseSummary]:
 
     Returns:
         One summary per evaluation (run x admission step).
+
+    Raises:
+        ValueError: ``config.out`` is unwritable or held by another run (:func:`out_lock`), or an input is
+            wrong; nothing has been merged or run then.
+        FileNotFoundError: the expert set has no ``expert_set.json``.
     """
+    experts_dir = Path(config.experts) if config.experts else DEFAULT_EXPERTS
+    if not (experts_dir / "expert_set.json").is_file():  # before --out is created
+        raise FileNotFoundError(f"{experts_dir}: no expert_set.json here (pass --experts DIR)")
+    check_writable(Path(config.out))
+    with out_lock(Path(config.out)):
+        return _run_command(config)
+
+
+def _run_command(config: RunConfig) -> list[PhaseSummary]:
     from vlamergebench.merge_methods.registry import METHODS, ROUTERS, make_method
     from vlamergebench.policies.checkpoint import ExpertSet
 
-    experts_dir = Path(config.experts) if config.experts else DEFAULT_EXPERTS
-    if not (experts_dir / "expert_set.json").is_file():
-        raise FileNotFoundError(f"{experts_dir}: no expert_set.json here (pass --experts DIR)")
-    experts = ExpertSet.open(experts_dir)
+    experts = ExpertSet.open(Path(config.experts) if config.experts else DEFAULT_EXPERTS)
     method = make_method(config.method, **dict(config.method_config))
     protocol = config.protocol or method.kind
     own_router = METHODS.spec(config.method).metadata.get("router")
@@ -252,7 +308,13 @@ def run_command(config: RunConfig) -> list[PhaseSummary]:
     units = task_units(experts, config.select, image_size, config.perturbations)
     out = Path(config.out)
     models = models_per_step(method, experts, protocol, out, config.progress)
-    options = RunOptions(workers=config.workers, max_steps=config.max_steps, progress=config.progress)
+    code_version = method_code_version(config.method)
+    options = RunOptions(
+        workers=config.workers,
+        max_steps=config.max_steps,
+        progress=config.progress,
+        retry_errors=config.retry_errors,
+    )
     evaluations = []
     with ResultsStore.open(out) as store:
         for mode in config.routing:
@@ -276,10 +338,57 @@ def run_command(config: RunConfig) -> list[PhaseSummary]:
                     if phase_units:
                         factory = None if router is None else merged_router(model.path, router)
                         contender = Contender(merged_policies(model.path), factory)
-                        evaluations.append(
-                            Evaluation(run, Phase(step, phase_units, config.episodes_per_task), contender)
-                        )
+                        phase = Phase(step, phase_units, config.episodes_per_task)
+                        evaluations.append(Evaluation(run, phase, contender, code_version))
         return run_evaluations(store, evaluations, options, label=f"{config.method} ({protocol})")
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` and write a file there: an unwritable output fails before any merge or rollout."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ValueError(f"--out {out}: cannot write there ({error.strerror or error})") from None
+
+
+LOCK_FILE = ".vlamergebench-run.lock"
+
+
+@contextmanager
+def out_lock(out: Path) -> Iterator[None]:
+    """Hold ``out`` for one run; a second run on it refuses, naming the holder, instead of racing it.
+
+    The lock is the kernel's (``flock``), so it is released whenever the holder exits, even killed.
+    """
+    import fcntl
+    import socket
+    import sys
+
+    out.mkdir(parents=True, exist_ok=True)
+    handle = (out / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(
+            f"--out {out} is in use by {holder}; wait for that run to finish or give another --out"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started} ({' '.join(sys.argv)})")
+        handle.flush()
+        yield
+    finally:
+        handle.truncate(0)
+        handle.close()
 
 
 def default_out(method: str) -> str:

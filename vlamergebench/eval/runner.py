@@ -7,6 +7,7 @@ admitted so far (DESIGN.md "Continual"). Episode k of a task uses init state k a
 run repeats exactly the same episodes.
 
 Resuming: before anything runs, the store is asked which episodes are finished; only the others are planned.
+An episode whose worker died is an infrastructure error, not finished: a rerun runs it again.
 
 Simulators: a process keeps the simulators it built (a small LRU cache keyed by env id and kwargs) across
 work items and evaluations, so a task is built once per process, not once per phase; a simulator that
@@ -146,7 +147,9 @@ def run_evaluations(
     items, total, resumed = [], 0, []
     for evaluation in evaluations:
         run, phase = evaluation.run, evaluation.phase
-        finished = store.finished_episodes(run.run_id)
+        if evaluation.code_version is not None:
+            store.check_method_code(run.run_id, evaluation.code_version)
+        finished = store.finished_episodes(run.run_id, options.retry_errors)
         mine = [finished[key] for key in evaluation.episode_keys() if key in finished]
         resumed += mine
         counts[(run.run_id, phase.admission_step)] = {
@@ -154,13 +157,17 @@ def run_evaluations(
             "errors": sum(failed for _, failed in mine), "ran": 0, "resumed": len(mine),
         }  # fmt: skip
         total += len(evaluation.episode_keys())
-        job = EpisodeJob(run.run_id, run.run_seed, phase.admission_step, options.max_steps, versions, git_rev)
+        code = {} if evaluation.code_version is None else {"method_code": evaluation.code_version}
+        job = EpisodeJob(
+            run.run_id, run.run_seed, phase.admission_step, options.max_steps, {**versions, **code}, git_rev
+        )
         items += plan(evaluation, job, finished, options.workers)
     progress = _Progress(total, len(resumed), sum(ok for ok, _ in resumed), sum(f for _, f in resumed), label,
                          options.progress)  # fmt: skip
 
     def commit(record: EpisodeRecord) -> None:
-        if not store.add_episode(record):  # only if two invocations share one store at once: first row stands
+        # refused only if two invocations share one store at once: the first row stands
+        if not store.add_episode(record, options.retry_errors):
             logger.warning("episode %s was already stored; kept the stored row", record.key)
             return
         progress.add(record)

@@ -101,6 +101,7 @@ class RunOptions:
         progress: Show the tqdm progress bar.
         envs_per_worker: Simulators a process keeps built (LRU).
         contenders_per_worker: Contenders a process keeps built (LRU).
+        retry_errors: Also rerun stored episodes that ended in an error (infrastructure errors always are).
     """
 
     workers: int = 1
@@ -109,15 +110,21 @@ class RunOptions:
     progress: bool = True
     envs_per_worker: int = 2
     contenders_per_worker: int = 2
+    retry_errors: bool = False
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One phase of one run, by one contender."""
+    """One phase of one run, by one contender.
+
+    ``code_version`` identifies the code of the method that made the contender (recorded in every episode's
+    versions as ``method_code``); a run's stored episodes of another code version are never extended.
+    """
 
     run: RunRecord
     phase: Phase
     contender: Contender
+    code_version: str | None = None
 
     def episode_keys(self) -> list[tuple[Any, ...]]:
         """The episode keys (``EPISODE_KEY`` order) of every episode of the phase."""
