@@ -12,8 +12,8 @@ betas (0.9, 0.999), eps 1e-8, no weight decay: ``torch.optim.Adam`` defaults) on
 
 Speed: the code forms the T products (tau_m - tau_t) tau_t^T of m x m each step and back-propagates. The
 gradient is ``2 sum_t (tau_m - tau_t) tau_t^T tau_t / ||tau_t||^2``; with LoRA factors
-``tau_t = L_t R_t`` (rank r), ``tau_t^T tau_t = R_t^T (L_t^T L_t) R_t``, so each step costs two products of
-size m x n x (T r) instead of T of m x m x n, with the same Adam update (the tests check it against
+``tau_t = L_t R_t`` (rank r), ``tau_t^T tau_t = R_t^T (L_t^T L_t) R_t``, so each step costs 2 T products of
+size m x n x r instead of T of m x m x n, with the same Adam update (the tests check it against
 autograd on the code's loss). A task whose tau is 0 on a tensor adds nothing there (the code divides by 0).
 
 Defaults and sources: ``iterations = 300`` (MergeVLA's WUDI row and the code's function default; FusionBench's
@@ -62,29 +62,26 @@ def wudi_loss(merged: torch.Tensor, task_vectors: Sequence[torch.Tensor]) -> tor
 
 def wudi_merge(factors: Sequence[LowRank], iterations: int, step_size: float) -> torch.Tensor:
     """tau_m after ``iterations`` Adam steps on the WUDI objective, from the tasks' factors."""
-    start = factors[0].dense()
-    for task in factors[1:]:
-        start += task.dense()
-    merged = torch.nn.Parameter(start)
-    # gradient = 2 (tau_m K - C), K = sum_t R_t^T G_t R_t, C = sum_t tau_t R_t^T G_t R_t,
-    # G_t = L_t^T L_t / ||tau_t||^2 (r x r), so neither K nor any m x m product is ever formed
-    rights, blocks = [], []
-    constant = torch.zeros_like(start)
-    for task in factors:
-        gram, outer = task.left.T @ task.left, task.right @ task.right.T
-        norm = float((gram * outer).sum())  # trace(L^T L R R^T) = ||L R||_F^2
-        if norm <= 0.0:
-            continue
-        rights.append(task.right)
-        blocks.append(gram / norm)
-        constant += task.left @ (outer @ blocks[-1] @ task.right)
-    if not blocks or iterations == 0:
+    taus = [task.dense() for task in factors]
+    merged = torch.nn.Parameter(torch.stack(taus).sum(dim=0))
+    # d/d tau_m = 2 sum_t ((tau_m - tau_t) R_t^T) (G_t R_t), G_t = L_t^T L_t / ||tau_t||^2 (r x r): no m x m
+    # product. The difference is formed first, as the code's autograd does, so that where tau_m = tau_t it is
+    # exactly 0 (Adam divides by the gradient's own scale, so round-off there would become a full step).
+    terms = []
+    for task, tau in zip(factors, taus, strict=True):
+        gram = task.left.T @ task.left
+        norm = float((gram * (task.right @ task.right.T)).sum())  # trace(L^T L R R^T) = ||L R||_F^2
+        if norm > 0.0:
+            terms.append((tau, task.right.T.contiguous(), (gram / norm) @ task.right))
+    if not terms or iterations == 0:
         return merged.detach()
-    stacked_right, mixing = torch.cat(rights, dim=0), torch.block_diag(*blocks)
     optimizer = torch.optim.Adam([merged], lr=step_size, weight_decay=0.0)
     for _ in range(iterations):
         with torch.no_grad():
-            merged.grad = ((merged @ stacked_right.T) @ mixing @ stacked_right).sub_(constant).mul_(2.0)
+            gradient = torch.zeros_like(merged)
+            for tau, right_t, weighted_right in terms:
+                gradient.addmm_((merged - tau) @ right_t, weighted_right, alpha=2.0)
+            merged.grad = gradient
         optimizer.step()
     return merged.detach()
 
