@@ -215,6 +215,16 @@ _method(
     router=None,
     stores="base + tau_uni + per-skill bit-packed masks + per-skill rescalers + averaged action expert",
 )
+for _rule in ("tsv", "wudi", "knots", "emr"):
+    _method(
+        f"mergevla_{_rule}",
+        "mergevla:MergeVLA",
+        _MERGEVLA,
+        kwargs={"merge": _rule},
+        needs_task_identity=True,
+        router="mergevla_value_subspace",
+        stores=_MERGEVLA_STORES + (" + per-skill rescalers" if _rule == "emr" else ""),
+    )
 _method(
     "carve",
     "carve:Carve",

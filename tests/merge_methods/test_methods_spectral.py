@@ -329,3 +329,32 @@ def test_non_finite_factor_names_expert_and_tensor(tmp_path, builders, method):
         make_method(method).merge(experts, tmp_path / "out", progress=False)
     assert "expert 'bad'" in str(caught.value) and lora_b in str(caught.value), str(caught.value)
     assert not (tmp_path / "out").exists()
+
+
+# ---- MergeVLA's table as variants ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("variant", "standalone"), [("tsv", "tsv"), ("wudi", "wudi"), ("knots", "knots")])
+def test_mergevla_variants_mask_the_standalone_merge(three, tmp_path, variant, standalone):
+    merged = make_method(f"mergevla_{variant}").merge(three, tmp_path / variant, progress=False)
+    tau_merge = merged.tensor_file("tau_merge.safetensors").read(W)
+    _, reference = merged_delta(standalone, three, tmp_path / "alone")
+    torch.testing.assert_close(tau_merge, reference, atol=1e-5, rtol=1e-5)
+    base = load_file(str(three.base.file("vlm.safetensors")))[W]
+    for index, (skill, block) in enumerate(zip(three.skills, (T1, T2, T3), strict=True)):
+        mask = ops.tall_mask(full(block), tau_merge, 0.6)
+        stored = ops.unpack_bits(merged.tensor_file(f"skills/{index:02d}/masks.safetensors").read(W), (4, 4))
+        assert torch.equal(stored, mask)
+        torch.testing.assert_close(merged.instantiate(skill).tensors[W], base + mask * tau_merge)
+    assert merged.state["rescalers"] == dict.fromkeys(three.skills, 1.0)
+
+
+def test_mergevla_emr_uses_emr_masks_and_rescalers(three, tmp_path):
+    merged = make_method("mergevla_emr").merge(three, tmp_path / "mv", progress=False)
+    emr = make_method("emr").merge(three, tmp_path / "emr", progress=False)
+    assert merged.state["rescalers"] == pytest.approx(emr.state["rescalers"])
+    assert torch.equal(
+        merged.tensor_file("tau_merge.safetensors").read(W), emr.tensor_file("tau_uni.safetensors").read(W)
+    )
+    for skill in three.skills:
+        torch.testing.assert_close(merged.instantiate(skill).tensors[W], emr.instantiate(skill).tensors[W])
