@@ -358,3 +358,18 @@ def test_mergevla_emr_uses_emr_masks_and_rescalers(three, tmp_path):
     )
     for skill in three.skills:
         torch.testing.assert_close(merged.instantiate(skill).tensors[W], emr.instantiate(skill).tensors[W])
+
+
+# ---- dare_ties: the reduce knob --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+def test_dare_ties_reduce_matches_ties_without_drops(three, tmp_path, reduce):
+    settings = {"keep_fraction": 0.25, "reduce": reduce}
+    _, dare = merged_delta("dare_ties", three, tmp_path / "dare", drop_fraction=0.0, **settings)
+    _, ties = merged_delta("ties_per_tensor", three, tmp_path / "ties", **settings)
+    assert torch.equal(dare, ties)
+    if reduce == "sum":  # the disjoint sum of the kept, agreeing entries (test_methods.py's TIES sum case)
+        torch.testing.assert_close(
+            dare, full(torch.tensor([[0.0, -3.0], [0.0, 0.0], [2.0, 5.0], [0.0, -2.0]]))
+        )
