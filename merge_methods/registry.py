@@ -40,6 +40,7 @@ _KNOTS = ("Model merging with SVD to tie the KnOTS", "2410.19735")
 _CORE = ("Accurate and Efficient Low-Rank Model Merging in Core Space", "2509.17786")
 _EMR = ("EMR-Merging: Tuning-Free High-Performance Model Merging", "2405.17461")
 _LINES = ("LiNeS: Post-training Layer Scaling Prevents Forgetting and Enhances Model Merging", "2410.17146")
+_TWIN = ("Twin-Merging: Dynamic Integration of Modular Expertise in Model Merging", "2406.15479")
 _CARVE = ("CARVE: continual VLA expert merging (anonymous NeurIPS 2026 submission)", None)
 _MERGEVLA_STORES = (
     "base + tau_merge + per-skill bit-packed masks + shared head + per-skill expert heads + router keys"
@@ -214,6 +215,14 @@ _method(
     needs_task_identity=True,
     router=None,
     stores="base + tau_uni + per-skill bit-packed masks + per-skill rescalers + averaged action expert",
+)
+_method(
+    "twin_merging",
+    "twin:TwinMerging",
+    _TWIN,
+    needs_task_identity=True,
+    router=None,
+    stores="shared VLM (base + 0.29 sum tau) + per skill low-rank twin factors, action expert, norm stats",
 )
 for _rule in ("tsv", "wudi", "knots", "emr"):
     _method(

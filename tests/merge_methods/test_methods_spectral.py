@@ -373,3 +373,26 @@ def test_dare_ties_reduce_matches_ties_without_drops(three, tmp_path, reduce):
         torch.testing.assert_close(
             dare, full(torch.tensor([[0.0, -3.0], [0.0, 0.0], [2.0, 5.0], [0.0, -2.0]]))
         )
+
+
+# ---- Twin-Merging ----------------------------------------------------------------------------------------
+
+
+def test_twin_merging_shared_expert_and_twins(two, tmp_path):
+    base = load_file(str(two.base.file("vlm.safetensors")))[W]
+    shared = 0.29 * full(T1 + T2)
+    # keep floor(0.5 * 4) = 2 directions: covers the rank of tau_t - tau* (2 here): each skill is its expert
+    merged = make_method("twin_merging", mask_rate=0.5).merge(two, tmp_path / "lossless", progress=False)
+    torch.testing.assert_close(merged.tensor_file("vlm.safetensors").read(W), base + shared)
+    for skill, block in zip(two.skills, (T1, T2), strict=True):
+        torch.testing.assert_close(
+            merged.instantiate(skill).tensors[W], base + full(block), atol=1e-5, rtol=0
+        )
+    # keep 1: the twin is the rank-1 truncation of tau_t - tau*
+    merged = make_method("twin_merging", mask_rate=0.75).merge(two, tmp_path / "rank1", progress=False)
+    u, s, vh = torch.linalg.svd(full(T2) - shared)
+    expected = base + shared + s[0] * torch.outer(u[:, 0], vh[0])
+    torch.testing.assert_close(merged.instantiate("skill_1").tensors[W], expected, atol=1e-5, rtol=0)
+    heads = load_file(str(two.experts[1].file("action_expert.safetensors")))
+    tensors = merged.instantiate("skill_1").tensors
+    assert all(torch.equal(tensors[name], tensor) for name, tensor in heads.items())  # its own action expert
