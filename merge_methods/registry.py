@@ -224,6 +224,15 @@ _method(
     router=None,
     stores="shared VLM (base + 0.29 sum tau) + per skill low-rank twin factors, action expert, norm stats",
 )
+_method(
+    "continual_ta",
+    "continual:ContinualTaskArithmetic",
+    _CARVE,
+    needs_task_identity=False,
+    router=None,
+    kind="continual",
+    stores="base + running mean of the task vectors + averaged action expert + per-skill norm stats",
+)
 for _rule in ("tsv", "wudi", "knots", "emr"):
     _method(
         f"mergevla_{_rule}",
