@@ -9,7 +9,8 @@ Update rule, per VLM target tensor (float32)::
     m_t ~ Bernoulli(drop_fraction) per entry, drawn from a generator seeded by (seed, skill, tensor name)
     tau_t <- (1 - m_t) * tau_t / (1 - drop_fraction)
     then  combine = "ta":   W = W_0 + scale * sum_t tau_t
-          combine = "ties": W = W_0 + scale * TIES(tau_1..T)   (trim by keep_fraction per tensor, elect, mean)
+          combine = "ties": W = W_0 + scale * TIES(tau_1..T)   (trim by keep_fraction per tensor, elect,
+                            then the disjoint mean, or with reduce = "sum" the disjoint sum)
 
 Seeding per (seed, skill, tensor) makes the drops independent of the order tensors are visited in, so a
 streamed and an in-memory merge draw the same masks. The action expert is averaged, as in Task Arithmetic.
@@ -17,7 +18,9 @@ streamed and an in-memory merge draw the same masks. The action expert is averag
 Defaults and sources: ``drop_fraction = 0.2`` (MergeLM's ``weight_mask_rate`` in its LLM examples; the paper
 sweeps 0.1-0.9, FusionBench ships 0.5, MergeKit asks for ``density = 1 - p``); rescaling always on (MergeLM
 ``use_weight_rescale`` True); ``scale = 1.0`` (MergeKit lambda); ``dare_ties``: ``keep_fraction = 1.0``, i.e.
-no magnitude trim after the drop, as MergeKit's ``dare_ties`` (MergeLM can also trim); ``seed = 0``.
+no magnitude trim after the drop, as MergeKit's ``dare_ties`` (MergeLM can also trim); ``seed = 0``;
+``reduce = "mean"`` (the TIES paper's disjoint mean). MergeKit's ``dare_ties`` and FusionBench's default to
+the disjoint *sum*: pass ``reduce=sum`` to reproduce them.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class DareConfig(TaskVectorConfig):
         drop_fraction: Probability p of dropping each task-vector entry (0.2: MergeLM LLM examples).
         combine: "ta" (sum) or "ties" (trim / elect / disjoint mean) after the drop.
         keep_fraction: TIES magnitude trim after the drop, per tensor (1.0 = none, MergeKit dare_ties).
+        reduce: combine = "ties": disjoint "mean" (TIES paper) or "sum" (MergeKit, FusionBench).
         scale: lambda applied to the merged task vector (1.0: MergeKit).
         seed: Seed of the drop masks (with skill and tensor name).
     """
@@ -46,6 +50,7 @@ class DareConfig(TaskVectorConfig):
     drop_fraction: float = 0.2
     combine: str = "ta"
     keep_fraction: float = 1.0
+    reduce: str = "mean"
     scale: float = 1.0
     seed: int = 0
 
@@ -55,6 +60,7 @@ class DareConfig(TaskVectorConfig):
         check_fraction(owner, "drop_fraction", self.drop_fraction, open_top=True)
         check_fraction(owner, "keep_fraction", self.keep_fraction)
         check_choice(owner, "combine", self.combine, ("ta", "ties"))
+        check_choice(owner, "reduce", self.reduce, ("mean", "sum"))
 
 
 class Dare(TaskVectorMethod[DareConfig]):
@@ -73,4 +79,4 @@ class Dare(TaskVectorMethod[DareConfig]):
         )
         if config.combine == "ta":
             return dropped.sum(dim=0).mul_(config.scale)
-        return ops.ties_delta(dropped, None, config.keep_fraction, "mean").mul_(config.scale)
+        return ops.ties_delta(dropped, None, config.keep_fraction, config.reduce).mul_(config.scale)
