@@ -10,11 +10,11 @@ entry whose R matrix has holes (a run stopped between admissions) is listed as i
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from vlamergebench.leaderboards import tables as tb
+from vlamergebench.leaderboards.board import Board
 
 from vlamergebench.eval import metrics
 
@@ -142,18 +142,17 @@ def figure(frames: dict[str, pd.DataFrame]) -> Figure | None:
     return fig
 
 
-def build(results: Results, out_dir: Path) -> list[Path]:
-    """Write ``forgetting_summary.csv``, ``forgetting_matrix.csv``, ``forgetting.md`` and the curves PNG."""
-    frames = compute(results)
-    written = [tb.write_csv(frame, out_dir / f"forgetting_{name}.csv") for name, frame in frames.items()]
-    notes = [
+BOARD = Board(
+    name="forgetting",
+    title=TITLE,
+    compute=compute,
+    display=display,
+    figure=figure,
+    figure_file="forgetting_curves.png",
+    notes=[
         "BWT = mean over i < T of R[T][i] - R[i][i]; forgetting of skill i = max over i <= t < T of "
         "R[t][i] - R[T][i]; AUC = trapezoid area under the mean-success curve over steps 1..T, / (T - 1)."
-    ]
-    if frames["summary"].empty:
-        notes.append("No continual runs in these results.")
-    written.append(tb.write_markdown(out_dir / "forgetting.md", TITLE, display(frames), notes))
-    fig = figure(frames)
-    if fig is not None:
-        written.append(tb.save_png(fig, out_dir / "forgetting_curves.png"))
-    return written
+    ],
+    page_note="R[t][i] = success on skill i after t admissions; BWT and forgetting in percentage points.",
+    empty_notes=lambda frames: ["No continual runs in these results."] if frames["summary"].empty else [],
+)

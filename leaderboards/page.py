@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vlamergebench.leaderboards import forgetting, storage, success
 from vlamergebench.leaderboards import tables as tb
 
 if TYPE_CHECKING:
@@ -88,36 +87,20 @@ def provenance(results: Results) -> pd.DataFrame:
 
 
 def build(results: Results, out_dir: Path) -> list[Path]:
-    """Write ``leaderboard.html`` into ``out_dir``."""
-    success_frames = success.compute(results)
-    storage_frames = storage.compute(results)
-    forgetting_frames = forgetting.compute(results)
+    """Write ``leaderboard.html`` into ``out_dir``: every registered board, then the provenance."""
+    from vlamergebench.leaderboards.registry import boards
+
+    sections, links = [], []
+    for board in boards():
+        frames = board.compute(results)
+        sections.append(
+            _section(board.name, board.title, board.display(frames), board.figure(frames), board.page_note)
+        )
+        links.append(f'<a href="#{board.name}">{html.escape(board.name.capitalize())}</a>')
     body = [
         "<h1>vlamergebench leaderboard</h1>",
-        '<nav><a href="#success">Success</a><a href="#storage">Storage</a>'
-        '<a href="#forgetting">Forgetting</a><a href="#provenance">Provenance</a></nav>',
-        _section(
-            "success",
-            success.TITLE,
-            success.display(success_frames),
-            success.figure(success_frames),
-            "Final model of each run; success rates in %, Wilson 95% intervals; suites are unweighted means "
-            "of their tasks, overall the unweighted mean of suites; simulator errors count as failures.",
-        ),
-        _section(
-            "storage",
-            storage.TITLE,
-            storage.display(storage_frames),
-            storage.figure(storage_frames),
-            "Bytes at inference as reported by each method, against the dense and the LoRA expert banks.",
-        ),
-        _section(
-            "forgetting",
-            forgetting.TITLE,
-            forgetting.display(forgetting_frames),
-            forgetting.figure(forgetting_frames),
-            "R[t][i] = success on skill i after t admissions; BWT and forgetting in percentage points.",
-        ),
+        "<nav>" + "".join(links) + '<a href="#provenance">Provenance</a></nav>',
+        *sections,
         '<h2 id="provenance">Provenance</h2>',
         _table(provenance(results)),
         f'<p class="note">Built {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} from '

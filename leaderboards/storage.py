@@ -10,10 +10,10 @@ they do not, the build fails rather than pick one.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlamergebench.leaderboards import tables as tb
+from vlamergebench.leaderboards.board import Board
 
 from vlamergebench.eval import metrics
 
@@ -108,16 +108,16 @@ def figure(frames: dict[str, pd.DataFrame]) -> Figure | None:
     return fig
 
 
-def build(results: Results, out_dir: Path) -> list[Path]:
-    """Write ``storage.csv``, ``storage.md`` and ``storage_pareto.png`` into ``out_dir``."""
-    frames = compute(results)
-    written = [tb.write_csv(frames["storage"], out_dir / "storage.csv")]
-    notes = [
+BOARD = Board(
+    name="storage",
+    title=TITLE,
+    compute=compute,
+    display=display,
+    figure=figure,
+    figure_file="storage_pareto.png",
+    notes=[
         "Bytes of everything needed to run every skill (base, shared tensors, per-skill parts, routers, "
         "statistics), as reported by each merge method."
-    ]
-    written.append(tb.write_markdown(out_dir / "storage.md", TITLE, display(frames), notes))
-    fig = figure(frames)
-    if fig is not None:
-        written.append(tb.save_png(fig, out_dir / "storage_pareto.png"))
-    return written
+    ],
+    page_note="Bytes at inference as reported by each method, against the dense and the LoRA expert banks.",
+)

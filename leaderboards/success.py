@@ -10,10 +10,10 @@ column says how many there were.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlamergebench.leaderboards import tables as tb
+from vlamergebench.leaderboards.board import Board
 
 from vlamergebench.eval import metrics
 
@@ -155,13 +155,14 @@ def figure(frames: dict[str, pd.DataFrame]) -> Figure | None:
     return fig
 
 
-def build(results: Results, out_dir: Path) -> list[Path]:
-    """Write ``success_*.csv``, ``success.md`` and ``success.png`` into ``out_dir``."""
-    frames = compute(results)
-    written = [tb.write_csv(frame, out_dir / f"success_{name}.csv") for name, frame in frames.items()]
-    notes = ["Final model of each run; episodes with a simulator error count as failures (column `errors`)."]
-    written.append(tb.write_markdown(out_dir / "success.md", TITLE, display(frames), notes))
-    fig = figure(frames)
-    if fig is not None:
-        written.append(tb.save_png(fig, out_dir / "success.png"))
-    return written
+BOARD = Board(
+    name="success",
+    title=TITLE,
+    compute=compute,
+    display=display,
+    figure=figure,
+    figure_file="success.png",
+    notes=["Final model of each run; episodes with a simulator error count as failures (column `errors`)."],
+    page_note="Final model of each run; success rates in %, Wilson 95% intervals; suites are unweighted "
+    "means of their tasks, overall the unweighted mean of suites; simulator errors count as failures.",
+)

@@ -511,15 +511,12 @@ def _run_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _print_leaderboard(board: str) -> None:
-    """Print the first table of each leaderboard Markdown file present in the directory ``board``."""
-    from pathlib import Path
+    """Print the headline table of each board whose Markdown file is in the directory ``board``."""
+    from vlamergebench.leaderboards.registry import headline_tables
 
-    for name in ("success.md", "storage.md", "forgetting.md"):
-        path = Path(board) / name
-        sections = path.read_text().split("\n## ")[1:] if path.is_file() else []
-        if sections:  # each section is a heading line, a blank line and a table
-            heading, table = sections[0].split("\n", 1)
-            print(f"\n{path.stem}: {heading}\n{table.strip()}")
+    text = headline_tables(board)
+    if text:
+        print(text)
 
 
 # --- build-default-experts ------------------------------------------------------------------------------
