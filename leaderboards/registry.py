@@ -42,6 +42,12 @@ BUILDERS.register(
     artefact="continual R matrix, BWT, forgetting, AUC, curves; CSV, Markdown, PNG",
 )
 BUILDERS.register(
+    "entries",
+    "vlamergebench.leaderboards.entries:BOARD",
+    kind="board",
+    artefact="per-entry evaluation settings, reference settings, resolved configs, versions; CSV, Markdown",
+)
+BUILDERS.register(
     "page",
     "vlamergebench.leaderboards.page:build",
     kind="page",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vlamergebench.leaderboards import comparability, paired
 from vlamergebench.leaderboards import tables as tb
 from vlamergebench.leaderboards.board import Board
 
@@ -25,14 +26,6 @@ if TYPE_CHECKING:
 
 TITLE = "Storage leaderboard"
 _KEYS = list(metrics.ENTRY_COLUMNS)
-
-
-def pareto_front(storage: list[float], success: list[float]) -> list[bool]:
-    """True where no other point has storage <= and success >= with at least one strict."""
-    return [
-        not any((s2 <= s and r2 >= r) and (s2 < s or r2 > r) for s2, r2 in zip(storage, success, strict=True))
-        for s, r in zip(storage, success, strict=True)
-    ]
 
 
 def compute(results: Results) -> dict[str, pd.DataFrame]:
@@ -51,13 +44,23 @@ def compute(results: Results) -> dict[str, pd.DataFrame]:
     table = per_entry.merge(overall[[*_KEYS, "rate", "ci_low", "ci_high", "episodes"]], on=_KEYS, how="left")
     table["dense_bank_fraction"] = table["total_bytes"] / table["dense_bank_bytes"]
     table["lora_bank_fraction"] = table["total_bytes"] / table["lora_bank_bytes"]
-    rated = table["rate"].notna()
+    labels = tb.entry_labels(results)
+    table = tb.with_entry(table, labels)
+    comparable = comparability.comparable_entries(results)
+    table["comparable"] = table["entry"].isin(comparable) & table["rate"].notna()
     table["pareto"] = False
-    table.loc[rated, "pareto"] = pareto_front(
-        table.loc[rated, "dense_bank_fraction"].tolist(), table.loc[rated, "rate"].tolist()
+    ranked = table[table["comparable"]]
+    entries = ranked["entry"].tolist()
+    episodes = tb.with_entry(results.final_episodes(), labels)
+    outcomes = paired.outcomes_by_pair(episodes[episodes["entry"].isin(entries)])
+    better = paired.significance_matrix(outcomes, entries)
+    table.loc[ranked.index, "pareto"] = paired.pareto_front(
+        ranked["total_bytes"].tolist(),
+        ranked["rate"].tolist(),
+        [[better.get((a, b), False) for b in entries] for a in entries],
     )
     table = table.sort_values(["total_bytes", "rate"], ascending=[True, False], kind="stable")
-    return {"storage": tb.with_entry(table, tb.entry_labels(results))}
+    return {"storage": table.reset_index(drop=True)}
 
 
 def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -72,7 +75,9 @@ def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     shown["success % [95% CI]"] = [
         tb.rate_with_interval(*v) for v in table[["rate", "ci_low", "ci_high"]].itertuples(index=False)
     ]
-    shown["Pareto"] = ["yes" if p else "" for p in table["pareto"]]
+    shown["Pareto"] = [
+        "yes" if p else ("" if ok else "not ranked") for p, ok in table[["pareto", "comparable"]].to_numpy()
+    ]
     return {"Storage at inference (final admission step)": shown}
 
 
@@ -117,7 +122,12 @@ BOARD = Board(
     figure_file="storage_pareto.png",
     notes=[
         "Bytes of everything needed to run every skill (base, shared tensors, per-skill parts, routers, "
-        "statistics), as reported by each merge method."
+        "statistics), as reported by each merge method.",
+        "Pareto front: entry A dominates B when A's storage is at most 1% above B's, A's success is at least "
+        "B's, and A is either more than 1% smaller or significantly more successful (paired test over "
+        "matching episodes, Benjamini-Hochberg adjusted, 5%). Only entries under the reference settings are "
+        "on it.",
     ],
-    page_note="Bytes at inference as reported by each method, against the dense and the LoRA expert banks.",
+    page_note="Bytes at inference as reported by each method, against the dense and the LoRA expert banks; "
+    "Pareto front with a 1% storage tolerance and the paired success test.",
 )

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+from vlamergebench.leaderboards import comparability, paired
 from vlamergebench.leaderboards import tables as tb
 from vlamergebench.leaderboards.board import Board
 
@@ -65,7 +67,78 @@ def compute(results: Results) -> dict[str, pd.DataFrame]:
         "confusion": confusion_frame,
         "perturbations": metrics.perturbation_table(results.final_episodes(perturbed=True)),
     }
-    return {name: tb.with_entry(frame, labels) for name, frame in frames.items()}
+    labelled = {name: tb.with_entry(frame, labels) for name, frame in frames.items()}
+    labelled["overall"] = _paired_columns(labelled["overall"], tb.with_entry(episodes, labels), results)
+    return labelled
+
+
+BANK_METHOD = "expert_bank"
+
+
+def _paired_columns(overall: pd.DataFrame, episodes: pd.DataFrame, results: Results) -> pd.DataFrame:
+    """Comparability, ranks with ties and paired differences to the expert bank and to the best entry.
+
+    Only entries under the board's reference settings (:mod:`comparability`) are ranked and compared; the
+    rest keep NaN in these columns and ``comparable`` False.
+    """
+    settings = comparability.entry_settings(results)
+    comparable = set(settings.loc[settings["comparable"], "entry"]) if len(settings) else set()
+    overall = overall.assign(comparable=overall["entry"].isin(comparable))
+    ranked = overall[overall["comparable"]].sort_values(["rate", "entry"], ascending=[False, True])
+    order = ranked["entry"].tolist()
+    outcomes = paired.outcomes_by_pair(episodes[episodes["entry"].isin(comparable)])
+    ranks = paired.ranks_with_ties(order, paired.significance_matrix(outcomes, order))
+    overall["rank"] = overall["entry"].map(ranks)
+    banks = [e for e in order if e.startswith(f"{BANK_METHOD} ") and e.endswith("· oracle")]
+    for prefix, reference in (
+        ("vs_bank", banks[0] if banks else None),
+        ("vs_best", order[0] if order else None),
+    ):
+        rows = []
+        for entry in overall["entry"]:
+            result = None
+            if reference is not None and entry in comparable and entry != reference:
+                result = paired.compare(outcomes, entry, reference)
+            rows.append(
+                (np.nan,) * 5
+                if result is None
+                else (result.difference, result.low, result.high, result.p_value, result.pairs)
+            )
+        for i, column in enumerate(("", "_low", "_high", "_p", "_pairs")):
+            overall[prefix + column] = [row[i] for row in rows]
+    overall["best_entry"] = order[0] if order else ""
+    overall["bank_entry"] = banks[0] if banks else ""
+    return overall.sort_values(
+        ["comparable", "rate", "entry"], ascending=[False, False, True], kind="stable"
+    ).reset_index(drop=True)
+
+
+def _difference(frame: pd.DataFrame, prefix: str) -> list[str]:
+    """``"-12.5 [-30.0, 0.0] p=0.25"`` per row: a paired difference in points with its interval and p."""
+    shown = []
+    for diff, low, high, p in frame[[prefix, f"{prefix}_low", f"{prefix}_high", f"{prefix}_p"]].to_numpy():
+        if np.isnan(diff):
+            shown.append(tb.MISSING)
+        else:
+            shown.append(
+                f"{tb.signed_points(diff)} [{tb.signed_points(low)}, {tb.signed_points(high)}] p={p:.2g}"
+            )
+    return shown
+
+
+def _fold_zero_rows(board: pd.DataFrame, zero: pd.Series) -> pd.DataFrame:
+    """All-zero entries as one row: their names joined, shared cells kept, differing cells as ``varies``."""
+    import pandas as pd
+
+    if zero.sum() < 2:
+        return board
+    folded = board[zero.to_numpy()]
+    row = {}
+    for column in board.columns:
+        values = folded[column].astype(str).unique()
+        row[column] = values[0] if len(values) == 1 else "varies"
+    row["entry"] = f"{len(folded)} entries with no success: " + ", ".join(folded["entry"])
+    return pd.concat([board[~zero.to_numpy()], pd.DataFrame([row])], ignore_index=True)
 
 
 def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -78,22 +151,50 @@ def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         ]
         return shown
 
-    overall = frames["overall"]
+    everything = frames["overall"]
     suites = frames["suites"].pivot_table(index="entry", columns="suite", values="rate", aggfunc="first")
-    board = rated(overall, ["entry", "routing_mode", "suites", "tasks", "episodes", "errors"])
-    for suite in suites.columns:
-        board[f"{suite} %"] = [tb.percent(suites[suite].get(entry)) for entry in overall["entry"]]
-    board["routing accuracy %"] = [
-        tb.rate_with_interval(*v)
-        for v in overall[["routing_accuracy", "routing_ci_low", "routing_ci_high"]].to_numpy()
-    ]
+
+    def overall_table(overall: pd.DataFrame) -> pd.DataFrame:
+        board = rated(overall, ["entry", "routing_mode", "suites", "tasks", "episodes", "errors"])
+        for suite in suites.columns:
+            board[f"{suite} %"] = [tb.percent(suites[suite].get(entry)) for entry in overall["entry"]]
+        board["routing accuracy %"] = [
+            tb.rate_with_interval(*v)
+            for v in overall[["routing_accuracy", "routing_ci_low", "routing_ci_high"]].to_numpy()
+        ]
+        return board
+
+    overall = everything[everything["comparable"]]
+    board = overall_table(overall)
+    board.insert(0, "rank", overall["rank"].astype(int).to_numpy())
+    bank, best = (
+        overall["bank_entry"].iloc[0] if len(overall) else "",
+        overall["best_entry"].iloc[0] if len(overall) else "",
+    )
+    board.insert(
+        board.columns.get_loc("success % [95% CI]") + 1,
+        f"vs {bank or 'expert bank'} (points)",
+        _difference(overall, "vs_bank"),
+    )
+    board.insert(
+        board.columns.get_loc("success % [95% CI]") + 2,
+        f"vs best, {best} (points)",
+        _difference(overall, "vs_best"),
+    )
     sections = {
-        "Overall (unweighted mean of suites)": board,
-        "Per suite (unweighted mean of tasks)": rated(
-            frames["suites"], ["entry", "suite", "tasks", "episodes"]
-        ),
-        "Per task": rated(frames["tasks"], ["entry", "suite", "task", "episodes", "errors"]),
+        "Overall (unweighted mean of suites), entries under the reference settings": _fold_zero_rows(
+            board, overall["rate"].reset_index(drop=True) == 0
+        )
     }
+    others = everything[~everything["comparable"]]
+    if len(others):
+        sections["Not ranked: evaluated under other settings than the reference (see the entries board)"] = (
+            overall_table(others)
+        )
+    sections["Per suite (unweighted mean of tasks)"] = rated(
+        frames["suites"], ["entry", "suite", "tasks", "episodes"]
+    )
+    sections["Per task"] = rated(frames["tasks"], ["entry", "suite", "task", "episodes", "errors"])
     if len(frames["routing"]):  # oracle-only results have no routing to show
         sections["Routing accuracy"] = rated(
             frames["routing"], ["entry", "episodes", "correct"], "accuracy % [95% CI]"
