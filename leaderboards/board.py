@@ -6,7 +6,8 @@ A board is three pure functions of the results and a few names:
 - ``display(frames) -> {section heading: DataFrame}``: the human-readable tables, first section the headline;
 - ``figure(frames) -> Figure | None``: the board's plot.
 
-:meth:`Board.build` writes every board the same way (one CSV per frame, one Markdown file, one PNG); the page
+:meth:`Board.build` writes every board the same way (one CSV per frame, one Markdown file, the figure
+as PNG and SVG); the page
 and the command line iterate over the registered boards (``registry.boards()``), so a new board is its own
 module and one ``register`` call, nothing else.
 """
@@ -44,6 +45,7 @@ class Board:
         notes: Paragraphs under the Markdown title.
         page_note: The one-line note under the page section's heading.
         empty_notes: Frames -> extra notes when the board has nothing to show (e.g. "no continual runs").
+        latex: Frames -> a LaTeX table written as ``<name>.tex`` (None: no LaTeX for this board).
     """
 
     name: str
@@ -55,6 +57,7 @@ class Board:
     notes: Sequence[str] = ()
     page_note: str = ""
     empty_notes: Callable[[Frames], Sequence[str]] = field(default=lambda frames: ())
+    latex: Callable[[Frames], str | None] | None = None
 
     @property
     def markdown_file(self) -> str:
@@ -72,7 +75,12 @@ class Board:
         notes = [*self.notes, *self.empty_notes(frames)]
         sections = self.display(frames)
         written.append(tb.write_markdown(out_dir / self.markdown_file, self.title, sections, notes))
+        text = self.latex(frames) if self.latex is not None else None
+        if text is not None:
+            (out_dir / f"{self.name}.tex").write_text(text, encoding="utf-8")
+            written.append(out_dir / f"{self.name}.tex")
         fig = self.figure(frames)
         if fig is not None:
             written.append(tb.save_png(fig, out_dir / self.figure_file))
+            written.append(tb.save_vector(fig, (out_dir / self.figure_file).with_suffix(".svg")))
         return written

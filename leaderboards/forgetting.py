@@ -67,6 +67,9 @@ def compute(results: Results) -> dict[str, pd.DataFrame]:
             for i in range(t + 1):
                 if np.isnan(matrix[t, i]):
                     continue
+                cell = group[(group["admission_step"] == t + 1) & (group["skill"] == skills[i])]
+                per_task = cell.groupby("task")["success"].agg(["mean", "size"])
+                estimate = metrics.mean_of_rates(per_task["mean"].tolist(), per_task["size"].tolist())
                 cells.append(
                     {
                         **dict(zip(_KEYS, key, strict=True)),
@@ -74,6 +77,9 @@ def compute(results: Results) -> dict[str, pd.DataFrame]:
                         "skill": skills[i],
                         "skill_index": i,
                         "rate": matrix[t, i],
+                        "episodes": estimate.episodes,
+                        "ci_low": estimate.low,
+                        "ci_high": estimate.high,
                     }
                 )
     summary_frame = pd.DataFrame(summary, columns=None if summary else [*_KEYS, "status"])
@@ -108,37 +114,49 @@ def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 
 
 def figure(frames: dict[str, pd.DataFrame]) -> Figure | None:
-    """One panel per entry: each skill's success from its admission on (thin), the mean (thick)."""
+    """One panel per entry: each skill's success from its admission on with a 95% Wilson band, the mean.
+
+    The legend sits below the panels, outside every axis, so it never covers a curve.
+    """
     matrix = frames["matrix"]
     if matrix.empty:
         return None
     entries = sorted(matrix["entry"].unique())
     columns = min(3, len(entries))
     rows = -(-len(entries) // columns)
-    fig = tb.new_figure(4.2 * columns, 3.2 * rows)
-    for n, entry in enumerate(entries):
-        ax = fig.add_subplot(rows, columns, n + 1)
+    fig = tb.new_figure(4.2 * columns, 3.2 * rows + 0.8)
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    handles = {}
+    for ax, entry in zip(axes, entries, strict=False):
         part = matrix[matrix["entry"] == entry]
         for index, by_skill in part.groupby("skill_index"):
-            ax.plot(
-                by_skill["admission_step"],
-                100 * by_skill["rate"],
-                marker="o",
-                lw=1,
-                ms=3,
-                label=by_skill["skill"].iloc[0],
-                color=f"C{index % 10}",
+            colour = f"C{index % 10}"
+            steps = by_skill["admission_step"].to_numpy()
+            ax.fill_between(
+                steps, 100 * by_skill["ci_low"], 100 * by_skill["ci_high"], color=colour, alpha=0.15, lw=0
             )
+            (line,) = ax.plot(steps, 100 * by_skill["rate"], marker="o", lw=1, ms=3, color=colour)
+            handles.setdefault(by_skill["skill"].iloc[0], line)
         mean = part.groupby("admission_step")["rate"].mean()
-        ax.plot(mean.index, 100 * mean.to_numpy(), color="black", lw=2.5, label="mean of seen skills")
+        (line,) = ax.plot(mean.index, 100 * mean.to_numpy(), color="black", lw=2.5)
+        handles.setdefault("mean of seen skills", line)
         ax.set_title(entry, fontsize="small")
         ax.set_xlabel("experts admitted")
         ax.set_ylabel("success (%)")
-        ax.set_ylim(-2, 102)
+        ax.set_ylim(-3, 103)
         ax.set_xticks(sorted(part["admission_step"].unique()))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="xx-small", loc="lower left")
-    fig.suptitle("Forgetting curves")
+    for ax in axes[len(entries) :]:
+        ax.axis("off")
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncols=min(6, len(handles)),
+        fontsize="small",
+        frameon=False,
+    )
+    fig.suptitle("Forgetting curves\n(bands: 95% Wilson interval of each skill)", fontsize="medium")
     return fig
 
 

@@ -48,6 +48,12 @@ BUILDERS.register(
     artefact="per-entry evaluation settings, reference settings, resolved configs, versions; CSV, Markdown",
 )
 BUILDERS.register(
+    "paper",
+    "vlamergebench.leaderboards.paper:BOARD",
+    kind="board",
+    artefact="ranked entries x suites + average + storage, best in bold; LaTeX (booktabs), Markdown, CSV",
+)
+BUILDERS.register(
     "page",
     "vlamergebench.leaderboards.page:build",
     kind="page",

@@ -81,35 +81,75 @@ def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return {"Storage at inference (final admission step)": shown}
 
 
+def _clusters(
+    x: list[float], y: list[float], numbers: list[int], share: float = 0.03
+) -> list[tuple[tuple[float, float], list[int]]]:
+    """Points closer than ``share`` of the axis spans, merged: one label per cluster, at its first point."""
+    span_x, span_y = max(max(x) - min(x), 1e-9), 100.0
+    clusters: list[tuple[tuple[float, float], list[int]]] = []
+    for xi, yi, n in sorted(zip(x, y, numbers, strict=True)):
+        for (cx, cy), members in clusters:
+            if abs(xi - cx) <= share * span_x and abs(yi - cy) <= share * span_y:
+                members.append(n)
+                break
+        else:
+            clusters.append(((xi, yi), [n]))
+    return clusters
+
+
 def figure(frames: dict[str, pd.DataFrame]) -> Figure | None:
-    """Overall success vs storage (% of the dense expert bank), with the Pareto front."""
-    table = frames["storage"].dropna(subset=["rate"])
+    """Overall success vs storage (% of the dense expert bank), with the Pareto front.
+
+    Points are numbered (the key on the right names each number), and entries at the same point share one
+    marker labelled with all their numbers, so no label sits on another. Axes are fixed: success 0-100%,
+    storage from 0 (plain numbers, never an offset scale; a log scale only when storage spans 20x or more).
+    """
+    table = frames["storage"].dropna(subset=["rate"]).reset_index(drop=True)
     if table.empty:
         return None
-    fig = tb.new_figure(7.5, 5.0)
-    ax = fig.add_subplot()
+    table = table.assign(number=range(1, len(table) + 1))
+    fig = tb.new_figure(10.0, max(4.5, 1.2 + 0.19 * len(table)))
+    plot, key = fig.subplots(1, 2, width_ratios=[3, 2])
     x, y = 100 * table["dense_bank_fraction"], 100 * table["rate"]
     err = [100 * (table["rate"] - table["ci_low"]), 100 * (table["ci_high"] - table["rate"])]
-    ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, color="C0", ecolor="0.6")
-    for xi, yi, label in zip(x, y, table["entry"], strict=True):
-        ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize="x-small")
-    front = table[table["pareto"]].sort_values("dense_bank_fraction")
-    ax.step(
+    plot.errorbar(x, y, yerr=err, fmt="none", ecolor="0.7", capsize=2, lw=1)
+    ranked = table["comparable"].to_numpy()
+    plot.scatter(x[ranked], y[ranked], color="C0", s=22, zorder=3, label="entry (ranked)")
+    if (~ranked).any():
+        plot.scatter(x[~ranked], y[~ranked], color="0.6", marker="s", s=22, zorder=3, label="not ranked")
+    front = table[table["pareto"]].sort_values(["dense_bank_fraction", "rate"])
+    plot.step(
         100 * front["dense_bank_fraction"],
         100 * front["rate"],
         where="post",
         color="C3",
         ls="--",
-        label="Pareto front",
+        lw=1,
+        label="Pareto front (1% storage tolerance, paired test)",
     )
+    for (px, py), numbers in _clusters(x.tolist(), y.tolist(), table["number"].tolist()):
+        plot.annotate(
+            comparability.compact_ranges(numbers),
+            (px, py),
+            textcoords="offset points",
+            xytext=(4, 3),
+            fontsize="x-small",
+        )
     if x.max() / max(x.min(), 1e-9) > 20:
-        ax.set_xscale("log")
-    ax.set_xlabel("storage (% of the dense expert bank)")
-    ax.set_ylabel("overall success (%), 95% Wilson interval")
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
-    ax.set_title("Storage vs success")
+        plot.set_xscale("log")
+    else:
+        plot.set_xlim(0, max(x.max() * 1.1, 1))
+    tb.plain_axis(plot)
+    plot.set_xlabel("storage (% of the dense expert bank)")
+    plot.set_ylabel("overall success (%), 95% Wilson interval")
+    plot.set_ylim(-3, 103)
+    plot.grid(alpha=0.3)
+    plot.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize="small", frameon=False, ncols=2)
+    plot.set_title("Storage vs success")
+    key.axis("off")
+    key.set_title("key", loc="left", fontsize="small")
+    lines = [f"{n:>2}  {entry}" for n, entry in zip(table["number"], table["entry"], strict=True)]
+    key.text(0, 1, "\n".join(lines), va="top", ha="left", family="monospace", fontsize="x-small")
     return fig
 
 

@@ -220,39 +220,37 @@ def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 
 
 def figure(frames: dict[str, pd.DataFrame]) -> Figure | None:
-    """Dot-and-whisker plot: per entry, the overall rate (black) and each suite's rate, with 95% intervals."""
-    overall = frames["overall"].sort_values("rate", kind="stable")
+    """One facet per suite and one for the overall rate: per entry, the rate with its 95% Wilson interval.
+
+    Every facet shares the entry axis (ranked entries first, best on top) and a fixed 0-100% rate axis, so
+    the facets read across; the whiskers never overlap because each facet holds one point per entry.
+    """
+    overall = frames["overall"].iloc[::-1]  # ranked order, best at the top of the plot
     if overall.empty:
         return None
     suites = frames["suites"]
     names = sorted(suites["suite"].unique())
-    fig = tb.new_figure(8.0, 1.2 + 0.45 * len(overall) * max(1, len(names) / 3))
-    ax = fig.add_subplot()
+    facets = [("overall", overall), *[(name, suites[suites["suite"] == name]) for name in names]]
+    fig = tb.new_figure(2.1 * len(facets) + 2.6, 0.9 + 0.28 * len(overall))
+    axes = fig.subplots(1, len(facets), sharey=True, squeeze=False)[0]
     row_of = {entry: i for i, entry in enumerate(overall["entry"])}
-    offsets = {name: 0.3 * (j + 1) / (len(names) + 1) - 0.15 for j, name in enumerate(names)}
-    colors = {name: f"C{j}" for j, name in enumerate(names)}
-    for name in names:
-        part = suites[suites["suite"] == name]
-        y = [row_of[e] + offsets[name] for e in part["entry"]]
+    for n, (ax, (name, part)) in enumerate(zip(axes, facets, strict=True)):
+        part = part[part["entry"].isin(row_of)]
+        y = [row_of[e] for e in part["entry"]]
         err = [100 * (part["rate"] - part["ci_low"]), 100 * (part["ci_high"] - part["rate"])]
-        ax.errorbar(100 * part["rate"], y, xerr=err, fmt="o", ms=4, capsize=2, color=colors[name], label=name)
-    err = [100 * (overall["rate"] - overall["ci_low"]), 100 * (overall["ci_high"] - overall["rate"])]
-    ax.errorbar(
-        100 * overall["rate"],
-        range(len(overall)),
-        xerr=err,
-        fmt="D",
-        ms=6,
-        capsize=3,
-        color="black",
-        label="overall",
-    )
-    ax.set_yticks(range(len(overall)), list(overall["entry"]))
-    ax.set_xlim(-2, 102)
-    ax.set_xlabel("success rate (%), 95% Wilson interval")
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
-    ax.set_title(TITLE)
+        colour = "black" if name == "overall" else f"C{n - 1}"
+        marker = "D" if name == "overall" else "o"
+        ax.errorbar(100 * part["rate"], y, xerr=err, fmt=marker, ms=4, capsize=2, color=colour, lw=1)
+        ax.set_xlim(-3, 103)
+        ax.set_xticks([0, 25, 50, 75, 100])
+        ax.set_title(name, fontsize="medium")
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel("success (%)")
+    unranked = ~overall["comparable"].to_numpy() if "comparable" in overall else np.zeros(len(overall), bool)
+    labels = [f"{e} (not ranked)" if u else e for e, u in zip(overall["entry"], unranked, strict=True)]
+    axes[0].set_yticks(range(len(overall)), labels, fontsize="small")
+    axes[0].set_ylim(-0.7, len(overall) - 0.3)
+    fig.suptitle(f"{TITLE}: success rate with 95% Wilson interval, per suite")
     return fig
 
 
