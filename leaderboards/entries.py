@@ -91,7 +91,12 @@ def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         ),
         "Evaluation settings per entry": shown,
         "Resolved config of every cfg tag": frames["configs"][["method", "cfg", "config", "entries"]],
-        "Package versions per entry": settings[["entry", "versions", "git"]],
+        "Package versions (one row per distinct set)": settings.groupby(["versions", "git"], sort=True)[
+            "entry"
+        ]
+        .agg(lambda entries: "all entries" if len(entries) == len(settings) else "; ".join(entries))
+        .rename("entries")
+        .reset_index(),
     }
 
 

@@ -15,7 +15,8 @@ ROOMS = {
     "policies": (ROOT / "policies", set()),
     "merge_methods": (ROOT / "merge_methods", {"policies"}),
     "eval": (ROOT / "vlamergebench" / "eval", {"envs", "policies", "merge_methods"}),
-    "leaderboards": (ROOT / "leaderboards", {"eval"}),
+    # leaderboards read the method registry's paper metadata (arXiv ids) for the page's links
+    "leaderboards": (ROOT / "leaderboards", {"eval", "merge_methods"}),
 }
 MODULE_TO_ROOM = {
     "vlamergebench.envs": "envs",
