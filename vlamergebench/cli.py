@@ -416,6 +416,7 @@ def _run_run(args: argparse.Namespace) -> int:
 
     from vlamergebench.eval.benchmark import BenchmarkConfig, default_out, run_benchmark
     from vlamergebench.eval.store import StoreError
+    from vlamergebench.eval.summary import SUMMARY_FILE, write_summary
     from vlamergebench.leaderboards.registry import build_leaderboards
     from vlamergebench.policies.checkpoint import CheckpointError
 
@@ -442,6 +443,7 @@ def _run_run(args: argparse.Namespace) -> int:
         )
         summaries = run_benchmark(config)
         build_leaderboards([out], Path(out) / "leaderboard")
+        summary = write_summary(out, Path(out) / SUMMARY_FILE)
     except (CheckpointError, StoreError, ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"vlamergebench run: error: {message}", file=sys.stderr)
@@ -449,11 +451,40 @@ def _run_run(args: argparse.Namespace) -> int:
     ran = sum(summary.ran for summary in summaries)
     episodes = sum(summary.episodes for summary in summaries)
     _print_leaderboard(str(Path(out) / "leaderboard"))
+    _print_run_summary(json.loads(summary.read_text()))
     elapsed_s = time.monotonic() - started
     print(f"{episodes} episodes ({ran} run now, {episodes - ran} resumed) in {elapsed_s:.0f} s")
     print(f"store: {Path(out) / 'results.sqlite'}")
+    print(f"summary: {summary}")
     print(f"leaderboard: {Path(out) / 'leaderboard' / 'leaderboard.html'}")
     return 0
+
+
+def _print_run_summary(summary: dict) -> None:
+    """Each run's averages, each named for what it averages, and its perturbation results."""
+
+    def rate(r: dict) -> str:
+        low, high = 100 * r["ci95_low"], 100 * r["ci95_high"]
+        return f"{100 * r['success_rate']:.1f}% [{low:.1f}, {high:.1f}], {r['episodes']} episodes"
+
+    for run in summary["runs"]:
+        routing = run["routing_mode"] + (f" ({run['router']})" if run["router"] else "")
+        print(f"\nrun {run['run_id']} ({run['method']}, {run['protocol']}, routing {routing}):")
+        if run["overall"] is not None:
+            print(f"  overall success of the final model (unweighted mean of suites): {rate(run['overall'])}")
+        for suite, value in run["suites"].items():
+            print(f"  suite {suite} (unweighted mean of its tasks): {rate(value)}")
+        for row in run["perturbations"]:
+            if row["aggregate"] == "pooled":
+                print(f"  perturbed episodes (pooled over every variant): {rate(row)}")
+            elif row["aggregate"] == "mean_of_axes":
+                print(f"  perturbed, unweighted mean of the axes: {rate(row)}")
+            elif row["aggregate"] == "axis":
+                print(f"  perturbed, axis {row['axis']} (pooled over its levels): {rate(row)}")
+    print(
+        "(the progress bar's rate pools every episode of every admission step; the averages above are of "
+        "the final model)"
+    )
 
 
 # --- leaderboard ----------------------------------------------------------------------------------------
