@@ -23,6 +23,7 @@ HEAD_VARIANTS = ("mergevla", "vla_adapter", "vla_adapter_pro")
 GATES = ("sigmoid", "tanh")
 ACTIVATIONS = ("gelu", "gelu_tanh")
 TOKENIZERS = ("hashed_words", "qwen")
+LORA_TARGET_SETS = ("all-linear", "forward-linear")
 
 # DINOv2 and SigLIP normalisation, as VLA-Adapter's preprocessor_config.json.
 DINO_MEAN = (0.484375, 0.455078, 0.40625)
@@ -271,7 +272,10 @@ class LoRASettings:
         rank: LoRA rank r.
         alpha: LoRA alpha; the update is ``(alpha / rank) * B @ A``.
         targets: ``all-linear`` (every ``nn.Linear`` of the vision towers, projector and LLM, as PEFT's
-            ``all-linear`` on upstream's VLM) or a tuple of module-name suffixes.
+            ``all-linear`` on upstream's VLM), ``forward-linear`` (the same without the layers whose output
+            never reaches the action: each tower's blocks after the feature block and SigLIP's attention
+            pool, which would be stored and counted but never receive a gradient) or a tuple of module-name
+            suffixes.
     """
 
     rank: int = 64
@@ -281,9 +285,10 @@ class LoRASettings:
     def __post_init__(self) -> None:
         if self.rank < 1:
             raise ConfigError(f"lora: rank must be >= 1, got {self.rank}")
-        if isinstance(self.targets, str) and self.targets != "all-linear":
+        if isinstance(self.targets, str) and self.targets not in LORA_TARGET_SETS:
             raise ConfigError(
-                f"lora: targets must be 'all-linear' or a list of module names, got {self.targets!r}"
+                f"lora: targets must be one of {LORA_TARGET_SETS} or a list of module names, "
+                f"got {self.targets!r}"
             )
 
     @property
@@ -503,4 +508,29 @@ def tiny_config() -> VLAConfig:
         action_expert=ActionExpertConfig(variant="mergevla", gate="sigmoid", expert_head_depth=1),
         lora=LoRASettings(rank=8, alpha=16.0, targets="all-linear"),
         num_action_queries=16,
+    )
+
+
+def small_config() -> VLAConfig:
+    """A deeper CPU-scale policy for the default expert set (about 4.4 M parameters).
+
+    Sized so that MergeVLA's mechanisms have room to act while a base still trains on 2 CPU cores in about
+    an hour and the shipped set (base + four experts) stays near 40 MB: 8 LLM layers and so 8 action-expert
+    blocks (a one-block per-expert head is an eighth of the head; one of 24 upstream), width 128 as ``tiny``
+    (wider heads would push each expert's fully stored action expert past the size budget), 4-block towers
+    of width 96 (blocks 0-2 used) at 84 px, 16 action queries, and LoRA rank 8 (alpha 16, alpha = 2r; r /
+    width is 6%, upstream's 64 / 896 is 7%) on the layers on the forward path only.
+    """
+    tiny = tiny_config()
+    tower = {"width": 96, "depth": 4, "mlp_dim": 384}
+    return dataclasses.replace(
+        tiny,
+        name="small",
+        vision=dataclasses.replace(
+            tiny.vision,
+            featurizer=dataclasses.replace(tiny.vision.featurizer, **tower),
+            fused_featurizer=dataclasses.replace(tiny.vision.fused_featurizer, **tower),
+        ),
+        llm=dataclasses.replace(tiny.llm, num_layers=8),
+        lora=LoRASettings(rank=8, alpha=16.0, targets="forward-linear"),
     )

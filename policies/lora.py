@@ -32,10 +32,25 @@ def lora_targets(model: nn.Module, settings: LoRASettings) -> list[str]:
     ]
     if settings.targets == "all-linear":
         return linears
+    if settings.targets == "forward-linear":
+        return [name for name in linears if _on_forward_path(model, name)]
     chosen = [name for name in linears if any(name == t or name.endswith("." + t) for t in settings.targets)]
     if not chosen:
         raise ValueError(f"lora targets {list(settings.targets)} match no nn.Linear of the VLM")
     return chosen
+
+
+def _on_forward_path(model: nn.Module, name: str) -> bool:
+    """False for a tower's blocks after its feature block (``depth - 2``) and for SigLIP's attention pool."""
+    parts = name.split(".")
+    if parts[0] != "vision" or len(parts) < 3:
+        return True
+    if parts[2] == "attn_pool":
+        return False
+    if parts[2] == "blocks":
+        tower = model.get_submodule(".".join(parts[:2]))
+        return int(parts[3]) < tower.config.depth - 1
+    return True
 
 
 def add_lora(

@@ -21,6 +21,11 @@ PRESETS.register(
     description="CPU-scale MergeVLA policy (84 px, 4-layer Qwen2 of width 128), the embedded default",
 )
 PRESETS.register(
+    "small",
+    "vlamergebench.policies.config:small_config",
+    description="deeper CPU-scale policy (84 px, 8-layer Qwen2 of width 128, 8 head blocks), default v2",
+)
+PRESETS.register(
     "reference",
     "vlamergebench.policies.config:reference_config",
     description="published MergeVLA sizes: DINOv2-L/14-reg4 + SigLIP so400m/14, Qwen2.5-0.5B, 24-block head",

@@ -49,8 +49,10 @@ from vlamergebench.policies.tokenizer import make_tokenizer
 logger = logging.getLogger(__name__)
 
 ROLES = ("base", "expert")
+PROPRIO_PREFIX = "proprio_projector."
 SCHEDULES = ("constant", "cosine")
 HEAD_INITS = ("seed", "base")
+NORM_STATS_SOURCES = ("demos", "base")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,12 @@ class TrainConfig:
             setting) or ``base`` (a copy of the base's trained head).
         head_init_seed: Seed of the head initialisation. A base records it; an expert must use its base's.
         lora_seed: Seed of the LoRA A-factor initialisation (experts only).
+        head_learning_rate: Learning rate of an expert's action head and action queries (None: the same
+            as ``learning_rate``); follows the same schedule.
+        freeze_proprio_projector: Keep an expert's proprio projector at the base's value.
+        norm_stats: Where an expert's action/proprio normalisation comes from: ``demos`` (its own
+            demonstrations, upstream's per-dataset statistics) or ``base`` (the base's, so that every expert
+            of one base reads and writes the same normalised units).
         augment: Random crop + colour jitter.
         checkpoint_every: Steps between saved training states (0: only at the end).
         log_every: Steps between logged losses.
@@ -90,6 +98,9 @@ class TrainConfig:
     head_init: str = "seed"
     head_init_seed: int = 7
     lora_seed: int = 0
+    head_learning_rate: float | None = None
+    freeze_proprio_projector: bool = False
+    norm_stats: str = "demos"
     augment: bool = True
     checkpoint_every: int = 250
     log_every: int = 10
@@ -101,9 +112,17 @@ class TrainConfig:
             ("role", self.role, ROLES),
             ("lr_schedule", self.lr_schedule, SCHEDULES),
             ("head_init", self.head_init, HEAD_INITS),
+            ("norm_stats", self.norm_stats, NORM_STATS_SOURCES),
         ):
             if value not in allowed:
                 raise ConfigError(f"train: {name} must be one of {allowed}, got {value!r}")
+        if self.role == "base" and (
+            self.norm_stats != "demos" or self.freeze_proprio_projector or self.head_learning_rate is not None
+        ):
+            raise ConfigError(
+                "train: norm_stats='base', freeze_proprio_projector and head_learning_rate are for "
+                "experts only"
+            )
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(
                 f"train: steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}"
@@ -190,10 +209,28 @@ def prepare_model(train: TrainConfig, policy: VLAConfig | None, base: Checkpoint
         init_head(model, train.head_init_seed)
     add_lora(model, model.config.lora, seed=train.lora_seed)  # freezes the VLM
     for prefix in ckpt.ACTION_EXPERT_PREFIXES:
+        if train.freeze_proprio_projector and prefix == PROPRIO_PREFIX:
+            continue
         for name, param in model.named_parameters():
             if name.startswith(prefix):
                 param.requires_grad_(True)
     return model
+
+
+def parameter_groups(model: VLA, train: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: the action head and queries at ``head_learning_rate``, the rest at ``learning_rate``.
+
+    Each group carries ``lr_scale``, the factor applied to the scheduled rate of every step.
+    """
+    params = _trainable(model)
+    head_scale = 1.0
+    if train.head_learning_rate is not None:
+        head_scale = train.head_learning_rate / train.learning_rate
+    head_prefixes = tuple(p for p in ckpt.ACTION_EXPERT_PREFIXES if p != PROPRIO_PREFIX)
+    head = [p for name, p in params.items() if name.startswith(head_prefixes)]
+    rest = [p for name, p in params.items() if not name.startswith(head_prefixes)]
+    groups = [{"params": rest, "lr_scale": 1.0}, {"params": head, "lr_scale": head_scale}]
+    return [group for group in groups if group["params"]]
 
 
 def _trainable(model: VLA) -> dict[str, torch.nn.Parameter]:
@@ -384,7 +421,10 @@ def train(
     model = prepare_model(config, policy, base_dir)
     started = time.monotonic()
     frames = load_frames(demos, model.config, config.max_demos_per_file, config.frame_stride)
-    norm_stats = frames.norm_stats(model.config.binarize_gripper)
+    if config.norm_stats == "base" and base_dir is not None:
+        norm_stats = base_dir.norm_stats()
+    else:
+        norm_stats = frames.norm_stats(model.config.binarize_gripper)
     batcher = Batcher(frames, model.config, norm_stats, config)
     identity = {
         "train": config.to_dict(),
@@ -392,8 +432,9 @@ def train(
         "demos": [source["sha256"] for source in frames.sources],
         "base_id": base_dir.base_id if base_dir else None,
     }
-    params = _trainable(model)
-    optimizer = torch.optim.AdamW(params.values(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     step = load_train_state(work, model, optimizer, identity)
     model.train()
     work.mkdir(parents=True, exist_ok=True)
@@ -406,7 +447,7 @@ def train(
         while step < config.steps:
             images, proprio, prompts, targets, noise = batcher.batch(step)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(config, step)
+                group["lr"] = learning_rate_at(config, step) * group["lr_scale"]
             loss = (model(images, proprio, prompts, input_noise=noise) - targets).abs().mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

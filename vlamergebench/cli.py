@@ -553,18 +553,71 @@ def _print_leaderboard(board: str) -> None:
 # --- build-default-experts ------------------------------------------------------------------------------
 def _add_build_default_experts(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
-        "the recipe (skills, demo counts, training steps) is vlamergebench/eval/default_experts.py; "
-        "finished stages are skipped and an interrupted one resumes"
+        "recipes: v2 (the default: a pretrained 'small' base and four two-task experts, with acceptance "
+        "statistics; vlamergebench/experts/default_v2.py) and v1 (the first set, one tiny expert per task; "
+        "vlamergebench/eval/default_experts.py); finished stages are skipped and an interrupted one resumes"
     )
     parser.add_argument("--out", required=True, help="expert-set directory to build (demos, base, experts)")
+    parser.add_argument("--recipe", choices=("v2", "v1"), default="v2", help="which recipe (default v2)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--jobs", type=_positive_int("--jobs"), default=2, help="v2: demo tasks collected at once (default 2)"
+    )
+    parser.add_argument(
+        "--workers", type=_positive_int("--workers"), default=2, help="v2: acceptance rollout workers"
+    )
+    parser.add_argument(
+        "--stop-before",
+        choices=("base", "experts", "acceptance"),
+        help="v2: stop before this stage (staged runs; rerun without it to continue)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _run_build_default_experts(args: argparse.Namespace) -> int:
-    from vlamergebench.eval.default_experts import build_default_experts
+def _positive_int(flag: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be a whole number >= 1, got {text!r}")
+        return value
 
-    build_default_experts(args.out, threads=args.threads, progress=not args.no_progress)
+    return parse
+
+
+def _run_build_default_experts(args: argparse.Namespace) -> int:
+    if args.recipe == "v1":
+        from vlamergebench.eval.default_experts import build_default_experts
+
+        build_default_experts(args.out, threads=args.threads, progress=not args.no_progress)
+        return 0
+    from pathlib import Path
+
+    from vlamergebench.eval.own_success import success_by_task
+    from vlamergebench.experts.default_v2 import ACCEPTANCE_EPISODES, build_default_experts_v2
+
+    runs = Path(args.out).with_name(Path(args.out).name + ".acceptance")
+
+    def measure(method: str, experts: Path) -> dict[tuple[str, str], float]:
+        return success_by_task(
+            method,
+            experts,
+            out=runs,
+            episodes=ACCEPTANCE_EPISODES,
+            workers=args.workers,
+            progress=not args.no_progress,
+        )
+
+    build_default_experts_v2(
+        args.out,
+        threads=args.threads,
+        jobs=args.jobs,
+        measure_success=measure,
+        progress=not args.no_progress,
+        stop_before=args.stop_before,
+    )
     return 0
 
 
@@ -591,7 +644,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Han
         _run_run,
     ),
     "build-default-experts": (
-        "rebuild the embedded default expert set (scripted demos, tiny base, four experts)",
+        "rebuild the embedded default expert set (scripted demos, base, experts, acceptance checks)",
         _add_build_default_experts,
         _run_build_default_experts,
     ),

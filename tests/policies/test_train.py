@@ -185,3 +185,30 @@ def test_cli_trains_an_expert_that_drives_predict(tiny_base, real_demo, tmp_path
     assert policy.predict(observation).shape == (8, 7)
     with pytest.raises(FileExistsError):
         main(argv)
+
+
+def _head_shift(expert, base) -> float:
+    head, start = (
+        load_file(expert.file(ckpt.ACTION_EXPERT_FILE)),
+        load_file(base.file(ckpt.ACTION_EXPERT_FILE)),
+    )
+    return sum(float((head[k] - start[k]).pow(2).sum()) for k in head if k.startswith("action_head.")) ** 0.5
+
+
+def test_mergeable_expert_options_keep_proprio_and_stats_and_slow_the_head(tiny_base, real_demo, tmp_path):
+    """The default set's expert recipe: head from the base at a low rate, proprio frozen, base statistics."""
+    base, _ = tiny_base
+    shared = {"steps": 4, "batch_size": 4, "learning_rate": 1e-3, "head_init": "base", "augment": False}
+    gentle = TrainConfig(
+        **shared, head_learning_rate=1e-6, freeze_proprio_projector=True, norm_stats="base", lora_seed=3
+    )
+    slow = train(gentle, [real_demo], tmp_path / "gentle", base=base.path, progress=False)
+    fast = train(TrainConfig(**shared), [real_demo], tmp_path / "fast", base=base.path, progress=False)
+
+    start, kept = load_file(base.file(ckpt.ACTION_EXPERT_FILE)), load_file(slow.file(ckpt.ACTION_EXPERT_FILE))
+    proprio = [k for k in kept if k.startswith("proprio_projector.")]
+    assert proprio and all(torch.equal(kept[k], start[k]) for k in proprio)
+    assert slow.norm_stats() == base.norm_stats()
+    assert 0 < _head_shift(slow, base) < 0.01 * _head_shift(fast, base)
+    with pytest.raises(ConfigError, match="experts only"):
+        TrainConfig(role="base", norm_stats="base")

@@ -140,10 +140,30 @@ def _perturbed_env_id(suite: str, where: str) -> str:
     return LIBERO_PERTURBED_IDS[suite]
 
 
+def skill_tasks(skill: Mapping[str, Any], where: str) -> list[tuple[int, str]]:
+    """``(LIBERO task id, task name)`` of every task of a skill record, in order.
+
+    A single-task skill gives ``task_id`` (named by ``task``); a suite-like skill lists ``task_ids`` with
+    their names in ``tasks`` (same length).
+    """
+    if skill.get("task_ids") is None:
+        return [(int(skill["task_id"]), str(skill.get("task") or f"task_{skill['task_id']}"))]
+    ids, names = skill["task_ids"], skill.get("tasks")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
+        raise ValueError(f"{where}: skill.task_ids must be a non-empty list of task ids, got {ids!r}")
+    if names is None:
+        names = [f"task_{i}" for i in ids]
+    if not isinstance(names, list) or len(names) != len(ids) or len(set(names)) != len(names):
+        raise ValueError(f"{where}: skill.tasks must list {len(ids)} distinct task names, got {names!r}")
+    return [(int(i), str(name)) for i, name in zip(ids, names, strict=True)]
+
+
 def task_units(
     experts: Any, select: Sequence[str], image_size: int, perturbations: Sequence[str] = ()
 ) -> list[TaskUnit]:
-    """One unit per expert (skill), in admission order, keeping those named in ``select`` (skill or suite).
+    """One unit per task of each expert (skill), in admission order, keeping those named in ``select``.
+
+    ``select`` names skills or suites.
 
     With ``perturbations``, each kept skill also gets one unit per perturbed variant (after its clean unit).
     """
@@ -157,24 +177,24 @@ def task_units(
         known |= {skill["name"], skill["suite"]}
         if select and skill["name"] not in select and skill["suite"] not in select:
             continue
-        task = str(skill.get("task") or f"task_{skill['task_id']}")
-        kwargs = {"task": int(skill["task_id"]), "image_size": image_size}
-        units.append(TaskUnit(skill["name"], skill["suite"], task, skill["env_id"], kwargs))
-        if variants:
-            perturbed_id = _perturbed_env_id(skill["suite"], f"{expert.path}/config.json")
-            for variant in variants:
-                units.append(
-                    TaskUnit(
-                        skill["name"],
-                        skill["suite"],
-                        task,
-                        perturbed_id,
-                        {**kwargs, "variant": variant.label},
-                        variant=variant.label,
-                        perturbation_axis=variant.axis,
-                        perturbation_level=str(variant.level),
+        for task_id, task in skill_tasks(skill, f"{expert.path}/config.json"):
+            kwargs = {"task": task_id, "image_size": image_size}
+            units.append(TaskUnit(skill["name"], skill["suite"], task, skill["env_id"], kwargs))
+            if variants:
+                perturbed_id = _perturbed_env_id(skill["suite"], f"{expert.path}/config.json")
+                for variant in variants:
+                    units.append(
+                        TaskUnit(
+                            skill["name"],
+                            skill["suite"],
+                            task,
+                            perturbed_id,
+                            {**kwargs, "variant": variant.label},
+                            variant=variant.label,
+                            perturbation_axis=variant.axis,
+                            perturbation_level=str(variant.level),
+                        )
                     )
-                )
     unknown = sorted(set(select) - known)
     if unknown:
         raise ValueError(

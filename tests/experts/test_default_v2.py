@@ -1,0 +1,125 @@
+"""The default expert set v2: its recipe keeps the papers' preconditions, suite-like skills evaluate task by
+task, and the build runs every stage for real (tiny scale), measures acceptance and refuses a weak set."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from vlamergebench.policies.checkpoint import LORA_FILE, VLM_FILE, ExpertSet
+from vlamergebench.policies.lora import fold_factors
+from vlamergebench.policies.registry import make_config
+
+from vlamergebench.eval.benchmark import task_units
+from vlamergebench.eval.own_success import success_by_task
+from vlamergebench.experts import default_v2 as recipe
+from vlamergebench.experts.acceptance import AcceptanceError
+
+
+def test_the_recipe_keeps_the_preconditions_it_states():
+    base_tasks = {(suite, task) for suite, tasks in recipe.BASE_TASKS for task in tasks}
+    assert {suite for suite, _ in base_tasks} == {"libero_object", "libero_spatial", "libero_goal"}
+    expert_tasks = [(skill.suite, task) for skill in recipe.SKILLS for task in skill.task_ids]
+    assert not base_tasks & set(expert_tasks) and len(set(expert_tasks)) == len(expert_tasks)
+    assert len(recipe.SKILLS) >= 4 and all(2 <= len(skill.task_ids) <= 5 for skill in recipe.SKILLS)
+    suites = [skill.suite for skill in recipe.SKILLS]
+    assert len(set(suites)) < len(suites)  # two experts share a scene, so routing is not trivial
+    policy = make_config(recipe.PRESET)
+    assert policy.llm.num_layers >= 8 and policy.lora.alpha == 2 * policy.lora.rank
+    assert policy.lora.targets == "forward-linear"
+    train = recipe.EXPERT_TRAIN
+    assert (
+        train["head_init"] == "base" and train["freeze_proprio_projector"] and train["norm_stats"] == "base"
+    )
+    assert train["head_learning_rate"] < train["learning_rate"] <= 3e-4
+    assert recipe.FIRST_DEMO_INIT_STATE >= 20 >= recipe.ACCEPTANCE_EPISODES  # evaluation stays held out
+
+
+def test_a_suite_like_skill_is_evaluated_task_by_task(tmp_path):
+    class Expert:
+        path = tmp_path
+        config = {
+            "skill": {
+                "name": "goal_78",
+                "suite": "libero_goal",
+                "task": "turn on the stove",
+                "task_id": 7,
+                "task_ids": [7, 8],
+                "tasks": ["turn on the stove", "put the bowl on the plate"],
+                "env_id": "vlamergebench/LIBERO-Goal-v0",
+            }
+        }
+
+    class Experts:
+        experts = (Expert(),)
+
+    units = task_units(Experts(), (), 84)
+    assert [(u.skill, u.task, u.env_kwargs["task"]) for u in units] == [
+        ("goal_78", "turn on the stove", 7),
+        ("goal_78", "put the bowl on the plate", 8),
+    ]
+    Expert.config["skill"]["tasks"] = ["only one name"]
+    with pytest.raises(ValueError, match=r"config.json: skill.tasks must list 2 distinct task names"):
+        task_units(Experts(), (), 84)
+
+
+def test_build_runs_every_stage_measures_acceptance_and_refuses_weak_experts(tmp_path, monkeypatch):
+    """Real LIBERO demos, real training (2 steps), real rollouts: two-step experts must be refused."""
+    pytest.importorskip("libero.libero")
+    monkeypatch.setattr(recipe, "BASE_TASKS", (("libero_object", (5,)),))
+    monkeypatch.setattr(
+        recipe,
+        "SKILLS",
+        (
+            recipe.SkillRecipe("pair", "libero_object", (0, 1)),
+            recipe.SkillRecipe("one", "libero_object", (2,)),
+        ),
+    )
+    monkeypatch.setattr(recipe, "BASE_DEMO_ATTEMPTS", 1)
+    monkeypatch.setattr(recipe, "EXPERT_DEMO_ATTEMPTS", 1)
+    monkeypatch.setattr(recipe, "PRESET", "tiny")
+    small = {"steps": 2, "batch_size": 4, "checkpoint_every": 0}
+    monkeypatch.setattr(recipe, "BASE_TRAIN", {**recipe.BASE_TRAIN, **small, "warmup_steps": 0})
+    monkeypatch.setattr(recipe, "EXPERT_TRAIN", {**recipe.EXPERT_TRAIN, **small})
+    measure = partial(
+        success_by_task, out=tmp_path / "runs", episodes=1, workers=1, max_steps=8, progress=False
+    )
+    out, lines = tmp_path / "set", []
+    with pytest.raises(AcceptanceError, match=r"experts below the own-success bar of 80% \(pair on '.*'"):
+        recipe.build_default_experts_v2(
+            out, threads=1, jobs=2, measure_success=measure, progress=False, log=lines.append
+        )
+    assert not (out / recipe.STATS_FILE).exists()
+    stats = json.loads((out / "stats.rejected.json").read_text())
+    assert set(stats["own_success"]) == {
+        f"pair|{task}" for task in ExpertSet.open(out).experts[0].config["skill"]["tasks"]
+    } | {f"one|{ExpertSet.open(out).experts[1].config['skill']['task']}"}
+    assert set(stats["base_success"]) == set(stats["own_success"])
+
+    # The statistics against an independent computation (peft-convention folding of the factors).
+    experts = ExpertSet.open(out)
+    base = load_file(experts.base.file(VLM_FILE))
+    taus = []
+    for expert in experts.experts:
+        folded = fold_factors(base, load_file(expert.file(LORA_FILE)), expert.lora_scale)
+        taus.append({name: folded[name] - base[name] for name in folded})
+    llm = [name for name in taus[0] if name.startswith("llm.")]
+    expected = sum(float(taus[0][n].pow(2).sum()) for n in llm) ** 0.5
+    expected /= sum(float(base[n].pow(2).sum()) for n in llm) ** 0.5
+    assert stats["ratio"]["pair"]["llm"] == pytest.approx(expected, rel=1e-4)
+    a, b = (torch.cat([tau[n].flatten() for n in sorted(tau)]) for tau in taus)
+    cosine = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+    assert stats["pairs"]["pair|one"]["cosine"] == pytest.approx(cosine, abs=1e-4)
+    assert stats["ratio"]["pair"]["action_head"] > 0  # the head moved from the base's
+    assert set(stats["head_block_distance"]) == {"0", "1", "2", "3"}
+
+    logged = [json.loads(line)["stage"] for line in (out / "build_log.jsonl").read_text().splitlines()]
+    assert {"base", "expert pair", "expert one"} <= set(logged)
+    assert sum(stage.startswith("demos ") for stage in logged) == 4
+    lines.clear()
+    with pytest.raises(AcceptanceError):  # a rerun skips every finished stage and re-checks acceptance
+        recipe.build_default_experts_v2(out, measure_success=measure, progress=False, log=lines.append)
+    assert sum("done already" in line for line in lines) == 3

@@ -1,0 +1,1 @@
+"""Building expert sets: the default recipes and their acceptance statistics."""

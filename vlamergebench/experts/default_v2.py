@@ -1,0 +1,315 @@
+"""The recipe of the default expert set v2: a broadly pretrained base and mergeable, suite-like experts.
+
+Why a v2: on the first default set every single-model merge scored 0%, because its experts were not mergeable
+(task vectors of 0.2-0.7 times the weights, nearly orthogonal, action experts re-initialised and trained from
+scratch). Merging papers (MergeVLA arXiv 2511.18810, CARVE, Task Arithmetic arXiv 2212.04089) all start from a
+*pretrained* model fine-tuned gently, so that task vectors are small and shallow head blocks stay close. This
+recipe states those preconditions and was fixed before any merge result on it was looked at:
+
+1. **Base** (``small`` preset: 8 LLM layers, 8 head blocks): multi-task training of every weight on 14
+   scripted LIBERO tasks across the three scene families, disjoint from every expert's tasks (Object 5-9,
+   Spatial 5-9, Goal 0, 1, 2, 4). It stands in for VLA pretraining.
+2. **Experts**: four suite-like experts of two tasks each that the base never saw; the two Goal experts
+   share one scene, so routing between them is not trivial.
+3. **Fine-tuning at upstream strength**: LoRA on the VLM at lr 2e-4 (MergeVLA / VLA-Adapter), alpha = 2r, a
+   different ``lora_A`` seed per expert; the head and action queries start from the base's at a quarter of
+   that rate; the proprio projector is frozen at the base's value; every expert uses the base's normalisation
+   statistics. Departure from MergeVLA's recipe, which re-initialises each expert's head: at our scale a
+   fresh head ends 50-57% away from every other expert's in every block, while MergeVLA's premise (and its
+   measurements at 24 blocks) is that shallow cross-attention blocks of different experts stay close;
+   starting from the pretrained head is the small-scale stand-in for that observation.
+4. **Held-out evaluation**: demonstrations use LIBERO init states 20 and up; evaluation uses 0-19.
+5. **Acceptance** (``stats.json`` beside ``expert_set.json``): task-vector size per group relative to the
+   base (target <= 0.10), pairwise cosine and sign conflict, each expert's success on each of its tasks
+   (must be >= 80% on init states 0-9, else the build fails rather than ship the expert) and the base's
+   success on the experts' tasks.
+
+``vlamergebench build-default-experts --recipe v2 --out DIR`` runs it; every stage is skipped when its output
+exists and resumes when interrupted (expect several CPU-hours on 2 cores; each stage's time is logged to
+``DIR/build_log.jsonl``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlamergebench.envs import LIBERO_SUITES
+
+
+@dataclass(frozen=True)
+class SkillRecipe:
+    """One expert: its skill name and the LIBERO tasks (one suite) it is trained and evaluated on."""
+
+    name: str
+    suite: str
+    task_ids: tuple[int, ...]
+
+    @property
+    def env_id(self) -> str:
+        """The Gymnasium id of the skill's suite."""
+        return f"vlamergebench/{LIBERO_SUITES[self.suite][0]}-v0"
+
+
+# (suite, task ids) the base is pretrained on: every scene family, none of the experts' tasks.
+BASE_TASKS: tuple[tuple[str, tuple[int, ...]], ...] = (
+    ("libero_object", (5, 6, 7, 8, 9)),
+    ("libero_spatial", (5, 6, 7, 8, 9)),
+    ("libero_goal", (0, 1, 2, 4)),
+)
+SKILLS = (
+    SkillRecipe("object_01", "libero_object", (0, 1)),  # alphabet soup / cream cheese into the basket
+    SkillRecipe("spatial_01", "libero_spatial", (0, 1)),  # black bowl (two placements) onto the plate
+    SkillRecipe("goal_78", "libero_goal", (7, 8)),  # turn on the stove / bowl on the plate
+    SkillRecipe("goal_69", "libero_goal", (6, 9)),  # cream cheese in the bowl / wine bottle on the rack
+)
+BASE_DEMO_ATTEMPTS = 20  # scripted episodes per base task; only successes are kept
+EXPERT_DEMO_ATTEMPTS = 30  # per expert task
+FIRST_DEMO_INIT_STATE = 20  # demos use init states 20.., evaluation 0..19
+DEMO_IMAGE_SIZE = 128
+PRESET = "small"
+BASE_TRAIN = {
+    "role": "base",
+    "steps": 3000,
+    "batch_size": 32,
+    "learning_rate": 1e-3,
+    "lr_schedule": "cosine",
+    "warmup_steps": 100,
+    "checkpoint_every": 250,
+}
+EXPERT_TRAIN = {
+    "role": "expert",
+    "steps": 2000,
+    "batch_size": 32,
+    "learning_rate": 2e-4,
+    "lr_schedule": "cosine",
+    "head_init": "base",
+    "head_learning_rate": 5e-5,
+    "freeze_proprio_projector": True,
+    "norm_stats": "base",
+    "checkpoint_every": 250,
+}
+ACCEPTANCE_EPISODES = 10  # per expert task, init states 0..9
+OWN_SUCCESS_BAR = 0.8
+TASK_VECTOR_RATIO_TARGET = 0.10
+SET_NAME = "vlamergebench-default-v2"
+STATS_FILE = "stats.json"
+
+
+def demo_plan() -> dict[tuple[str, int], int]:
+    """Every demonstration file the recipe needs: (suite, task id) -> scripted attempts."""
+    plan = {(suite, task): BASE_DEMO_ATTEMPTS for suite, tasks in BASE_TASKS for task in tasks}
+    for skill in SKILLS:
+        for task in skill.task_ids:
+            if (skill.suite, task) in plan:
+                raise AssertionError(f"{skill.name}: task {skill.suite} {task} is also a base task")
+            plan[(skill.suite, task)] = EXPERT_DEMO_ATTEMPTS
+    return plan
+
+
+def _is_base_task(key: tuple[str, int]) -> bool:
+    return any(key[0] == suite and key[1] in tasks for suite, tasks in BASE_TASKS)
+
+
+def demo_path(demos: Path, suite: str, task_id: int) -> Path:
+    """Where ``collect-demos`` writes the demonstrations of one task."""
+    return demos / f"{suite}_task{task_id}.hdf5"
+
+
+def _collect_one(suite: str, task_id: int, attempts: int, demos: str) -> tuple[str, float]:
+    """One task's demonstrations (in a worker process; resumes a ``.partial`` file): (summary, seconds)."""
+    from vlamergebench.eval.collect import CollectConfig, collect_demos
+
+    started = time.monotonic()
+    path = demo_path(Path(demos), suite, task_id)
+    config = CollectConfig(
+        suite=suite,
+        task=task_id,
+        episodes=attempts,
+        start_init_state=FIRST_DEMO_INIT_STATE,
+        seed=FIRST_DEMO_INIT_STATE,
+        image_size=DEMO_IMAGE_SIZE,
+        out=demos,
+        resume=path.with_name(path.name + ".partial").exists(),
+    )
+    result = collect_demos(config, progress=False)
+    summary = f"{result.successes}/{len(result.episodes)} scripted successes"
+    return summary, time.monotonic() - started
+
+
+class StageLog:
+    """Runs named stages once (a stage is done when its marker file exists) and logs each one's time."""
+
+    def __init__(self, out: Path, log: Callable[[str], None]) -> None:
+        self.path = out / "build_log.jsonl"
+        self.log = log
+
+    def run(self, name: str, marker: Path, work: Callable[[], Any]) -> None:
+        """Run ``work`` unless ``marker`` exists; append ``{stage, seconds}`` to the build log."""
+        if marker.is_file():
+            self.log(f"{name}: done already ({marker})")
+            return
+        started = time.monotonic()
+        work()
+        self.record(name, time.monotonic() - started, f"-> {marker}")
+
+    def record(self, name: str, seconds: float, detail: str = "") -> None:
+        """Log one finished stage and append it to ``build_log.jsonl``."""
+        self.log(f"{name}: {seconds / 60:.1f} min {detail}".rstrip())
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as file:
+            file.write(
+                json.dumps({"stage": name, "seconds": round(seconds, 1), "finished": time.time()}) + "\n"
+            )
+
+
+def needed_demos(out: Path) -> dict[tuple[str, int], int]:
+    """The demonstrations the unfinished training stages still need (a trained base needs none)."""
+    from vlamergebench.policies.checkpoint import CONFIG_FILE
+
+    needed = {}
+    if not (out / "base" / CONFIG_FILE).is_file():
+        needed |= {(suite, task): BASE_DEMO_ATTEMPTS for suite, tasks in BASE_TASKS for task in tasks}
+    for skill in SKILLS:
+        if not (out / skill.name / CONFIG_FILE).is_file():
+            needed |= {(skill.suite, task): EXPERT_DEMO_ATTEMPTS for task in skill.task_ids}
+    return needed
+
+
+def collect_demos_for(
+    out: Path, plan: dict[tuple[str, int], int], jobs: int, stages: StageLog, log: Callable[[str], None]
+) -> None:
+    """The missing files of ``plan``, ``jobs`` tasks at a time (each a single-core simulator process)."""
+    demos = out / "demos"
+    demos.mkdir(parents=True, exist_ok=True)
+    todo = [(key, n) for key, n in plan.items() if not demo_path(demos, *key).is_file()]
+    if not todo:
+        return
+    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {
+            (suite, task): pool.submit(_collect_one, suite, task, n, str(demos)) for (suite, task), n in todo
+        }
+        for (suite, task), future in futures.items():
+            summary, seconds = future.result()
+            stages.record(f"demos {suite} task {task}", seconds, summary)
+
+
+def skill_record(skill: SkillRecipe, demos: Path) -> dict[str, Any]:
+    """The ``skill`` field of an expert's config: its tasks by LIBERO id and instruction."""
+    from vlamergebench.policies.demos import DemoFile
+
+    instructions = []
+    for task in skill.task_ids:
+        with DemoFile(demo_path(demos, skill.suite, task)) as demo:
+            instructions.append(demo.instruction)
+    return {
+        "name": skill.name,
+        "suite": skill.suite,
+        "task": instructions[0],
+        "task_id": skill.task_ids[0],
+        "task_ids": list(skill.task_ids),
+        "tasks": instructions,
+        "env_id": skill.env_id,
+    }
+
+
+def build_default_experts_v2(
+    out: str | os.PathLike[str],
+    *,
+    threads: int | None = None,
+    jobs: int = 2,
+    measure_success: Callable[[str, Path], Any] | None = None,
+    progress: bool = True,
+    stop_before: str | None = None,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Run the v2 recipe into ``out``: demos/, base/, one directory per skill, expert_set.json, stats.json.
+
+    Args:
+        out: The expert-set directory (created; finished stages inside it are kept).
+        threads: torch CPU threads for training.
+        jobs: Demonstration tasks collected in parallel.
+        measure_success: ``(method, set path) -> {(skill, task): rate}`` for the acceptance stage (the CLI
+            passes evaluation's); None stops before acceptance.
+        progress: Show progress bars.
+        stop_before: ``base``, ``experts`` or ``acceptance``: stop before that stage (for staged runs).
+        log: Where stage messages go.
+
+    Returns:
+        The expert-set directory.
+
+    Raises:
+        AcceptanceError: an expert misses the own-success bar on one of its tasks (nothing is shipped).
+    """
+    from vlamergebench.policies.checkpoint import CONFIG_FILE, write_expert_set
+    from vlamergebench.policies.registry import make_config
+    from vlamergebench.policies.train import TrainConfig, train
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    out = Path(out)
+    demos = out / "demos"
+    stages = StageLog(out, log)
+    demo_plan()  # checks that no expert task is a base task
+    base_first = {key: n for key, n in needed_demos(out).items() if _is_base_task(key)}
+    collect_demos_for(out, base_first, jobs, stages, log)
+    if stop_before == "base":
+        return out
+    base = out / "base"
+    base_demos = [str(demo_path(demos, suite, task)) for suite, tasks in BASE_TASKS for task in tasks]
+    command = "vlamergebench build-default-experts --recipe v2"
+    stages.run(
+        "base",
+        base / CONFIG_FILE,
+        lambda: train(
+            TrainConfig.from_dict(BASE_TRAIN),
+            base_demos,
+            base,
+            policy=make_config(PRESET),
+            command=command,
+            progress=progress,
+        ),
+    )
+    if stop_before == "experts":
+        return out
+    collect_demos_for(out, needed_demos(out), jobs, stages, log)
+    for index, skill in enumerate(SKILLS, start=1):
+        expert = out / skill.name
+        stages.run(
+            f"expert {skill.name}",
+            expert / CONFIG_FILE,
+            lambda expert=expert, skill=skill, index=index: train(
+                TrainConfig.from_dict({**EXPERT_TRAIN, "seed": index, "lora_seed": index}),
+                [str(demo_path(demos, skill.suite, task)) for task in skill.task_ids],
+                expert,
+                base=base,
+                skill=skill_record(skill, demos),
+                command=command,
+                progress=progress,
+            ),
+        )
+    write_expert_set(out, SET_NAME, base, [out / skill.name for skill in SKILLS])
+    if stop_before == "acceptance" or measure_success is None:
+        return out
+    from vlamergebench.experts.acceptance import accept_expert_set
+
+    stages.run(
+        "acceptance",
+        out / STATS_FILE,
+        lambda: accept_expert_set(
+            out,
+            measure_success=measure_success,
+            bar=OWN_SUCCESS_BAR,
+            ratio_target=TASK_VECTOR_RATIO_TARGET,
+            log=log,
+        ),
+    )
+    return out
