@@ -137,14 +137,37 @@ def write_csv(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+FIGURE_DPI = 200
+
+
 def new_figure(width_in: float, height_in: float) -> Figure:
     """A matplotlib figure that touches no global pyplot state (builders may run in any order or thread)."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width_in, height_in), dpi=110, layout="constrained")
+    return Figure(figsize=(width_in, height_in), dpi=FIGURE_DPI, layout="constrained")
+
+
+def plain_axis(axis: Any) -> None:
+    """Tick labels as plain numbers: no offset (``+1.234e3``) and no scientific notation on either axis."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for which in (axis.xaxis, axis.yaxis):
+        if isinstance(which.get_major_formatter(), ScalarFormatter):
+            formatter = ScalarFormatter(useOffset=False)
+            formatter.set_scientific(False)
+            which.set_major_formatter(formatter)
 
 
 def save_png(figure: Figure, path: Path) -> Path:
-    """Write ``figure`` as PNG."""
-    figure.savefig(path, format="png")
+    """Write ``figure`` as PNG at :data:`FIGURE_DPI`."""
+    figure.savefig(path, format="png", dpi=FIGURE_DPI)
+    return path
+
+
+def save_vector(figure: Figure, path: Path) -> Path:
+    """Write ``figure`` as SVG (text kept as text, so labels stay selectable and searchable)."""
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "vlamergebench"}):
+        figure.savefig(path, format="svg", metadata={"Date": None})
     return path

@@ -17,7 +17,8 @@ ROOMS = {
     "merge_methods": (ROOT / "merge_methods", {"policies"}),
     "eval": (ROOT / "vlamergebench" / "eval", {"envs", "policies", "merge_methods"}),
     "experts": (ROOT / "vlamergebench" / "experts", {"envs", "policies"}),
-    "leaderboards": (ROOT / "leaderboards", {"eval"}),
+    # leaderboards read the method registry's paper metadata (arXiv ids) for the page's links
+    "leaderboards": (ROOT / "leaderboards", {"eval", "merge_methods"}),
 }
 MODULE_TO_ROOM = {
     "vlamergebench.envs": "envs",

@@ -445,6 +445,7 @@ def _run_run(args: argparse.Namespace) -> int:
 
     from vlamergebench.eval.run import RunConfig, default_out, run_command
     from vlamergebench.eval.store import StoreError
+    from vlamergebench.eval.summary import SUMMARY_FILE, write_summary
     from vlamergebench.leaderboards.registry import build_leaderboards
     from vlamergebench.policies.checkpoint import CheckpointError
 
@@ -474,6 +475,7 @@ def _run_run(args: argparse.Namespace) -> int:
         )
         summaries = run_command(config)
         build_leaderboards([out], Path(out) / "leaderboard")
+        summary = write_summary(out, Path(out) / SUMMARY_FILE)
     except (CheckpointError, StoreError, ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"vlamergebench run: error: {message}", file=sys.stderr)
@@ -481,11 +483,40 @@ def _run_run(args: argparse.Namespace) -> int:
     ran = sum(summary.ran for summary in summaries)
     episodes = sum(summary.episodes for summary in summaries)
     _print_leaderboard(str(Path(out) / "leaderboard"))
+    _print_run_summary(json.loads(summary.read_text()))
     elapsed_s = time.monotonic() - started
     print(f"{episodes} episodes ({ran} run now, {episodes - ran} resumed) in {elapsed_s:.0f} s")
     print(f"store: {Path(out) / 'results.sqlite'}")
+    print(f"summary: {summary}")
     print(f"leaderboard: {Path(out) / 'leaderboard' / 'leaderboard.html'}")
     return 0
+
+
+def _print_run_summary(summary: dict) -> None:
+    """Each run's averages, each named for what it averages, and its perturbation results."""
+
+    def rate(r: dict) -> str:
+        low, high = 100 * r["ci95_low"], 100 * r["ci95_high"]
+        return f"{100 * r['success_rate']:.1f}% [{low:.1f}, {high:.1f}], {r['episodes']} episodes"
+
+    for run in summary["runs"]:
+        routing = run["routing_mode"] + (f" ({run['router']})" if run["router"] else "")
+        print(f"\nrun {run['run_id']} ({run['method']}, {run['protocol']}, routing {routing}):")
+        if run["overall"] is not None:
+            print(f"  overall success of the final model (unweighted mean of suites): {rate(run['overall'])}")
+        for suite, value in run["suites"].items():
+            print(f"  suite {suite} (unweighted mean of its tasks): {rate(value)}")
+        for row in run["perturbations"]:
+            if row["aggregate"] == "pooled":
+                print(f"  perturbed episodes (pooled over every variant): {rate(row)}")
+            elif row["aggregate"] == "mean_of_axes":
+                print(f"  perturbed, unweighted mean of the axes: {rate(row)}")
+            elif row["aggregate"] == "axis":
+                print(f"  perturbed, axis {row['axis']} (pooled over its levels): {rate(row)}")
+    print(
+        "(the progress bar's rate pools every episode of every admission step; the averages above are of "
+        "the final model)"
+    )
 
 
 # --- leaderboard ----------------------------------------------------------------------------------------
@@ -543,15 +574,12 @@ def _run_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _print_leaderboard(board: str) -> None:
-    """Print the first table of each leaderboard Markdown file present in the directory ``board``."""
-    from pathlib import Path
+    """Print the headline table of each board whose Markdown file is in the directory ``board``."""
+    from vlamergebench.leaderboards.registry import headline_tables
 
-    for name in ("success.md", "storage.md", "forgetting.md"):
-        path = Path(board) / name
-        sections = path.read_text().split("\n## ")[1:] if path.is_file() else []
-        if sections:  # each section is a heading line, a blank line and a table
-            heading, table = sections[0].split("\n", 1)
-            print(f"\n{path.stem}: {heading}\n{table.strip()}")
+    text = headline_tables(board)
+    if text:
+        print(text)
 
 
 # --- build-default-experts ------------------------------------------------------------------------------

@@ -28,4 +28,13 @@ vlamergebench run --method carve --method-config '{"rank": 64}' --episodes "$EPI
 # experts; depth 3 keeps 3 per expert.
 vlamergebench run --method mergevla --method-config '{"expert_head_depth": 3}' --episodes "$EPISODES" \
   --out "$RUNS/mergevla_head3" --no-progress > "$RUNS.mergevla_head3.log" 2>&1
-vlamergebench leaderboard "$RUNS"/* --out leaderboards/default
+# The raw results are published beside the board as one bundle per run directory (store + manifest), so a new
+# run joins the board without rerunning anything (docs/submitting.md):
+#   vlamergebench leaderboard leaderboards/default/*.zip runs/mine --out board/
+for run in "$RUNS"/*/; do
+  name=$(basename "$run")
+  rm -f "leaderboards/default/$name.zip"
+  vlamergebench leaderboard "$run" --out "$RUNS.boards/$name" --only entries \
+    --export-bundle "leaderboards/default/$name.zip" --description "default board: $name" > /dev/null
+done
+vlamergebench leaderboard leaderboards/default/*.zip --out leaderboards/default

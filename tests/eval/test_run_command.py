@@ -3,6 +3,7 @@ steps), its resume, and its refusals before any rollout."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from tinyexperts import make_expert_set
 
 from vlamergebench.cli import main
 from vlamergebench.eval.store import ResultsStore
+from vlamergebench.eval.summary import validate_summary
 from vlamergebench.merge_methods.merged import MergedModel
 
 
@@ -48,7 +50,16 @@ def test_run_merges_rolls_out_stores_and_ranks(expert_set, tmp_path, capsys):
     ]
     assert main(command) == 0
     printed = capsys.readouterr().out
-    assert "| ta · oracle | oracle | 1 | 1 | 1 | 0 | 0.0 [0.0, 79.3] |" in printed
+    assert (
+        "overall success of the final model (unweighted mean of suites): 0.0% [0.0, 79.3], 1 episodes"
+        in printed
+    )
+    assert "suite libero_object (unweighted mean of its tasks): 0.0% [0.0, 79.3], 1 episodes" in printed
+    assert "2 entries with no success: ta · oracle, ta · router instruction_lookup" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    validate_summary(summary)
+    assert [run["routing_mode"] for run in summary["runs"]] == ["named", "oracle"]
+    assert summary["runs"][1]["settings"]["max_steps"] == 8 and summary["runs"][1]["episodes"] == 1
     assert "2 episodes (2 run now, 0 resumed)" in printed
     with ResultsStore.open(out, readonly=True) as store:
         episodes, storage = store.episodes_frame(), store.storage_frame()
@@ -75,7 +86,10 @@ def test_run_evaluates_perturbed_variants_per_axis(expert_set, tmp_path, capsys)
                "--episodes", "1", "--max-steps", "8", "--workers", "1",
                "--perturbations", "light-L3-s0,camera-L1-s0", "--out", str(out), "--no-progress"]  # fmt: skip
     assert main(command) == 0
-    assert "3 episodes (3 run now, 0 resumed)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "3 episodes (3 run now, 0 resumed)" in printed
+    assert "perturbed episodes (pooled over every variant): 0.0% [0.0, 65.8], 2 episodes" in printed
+    assert "perturbed, axis camera (pooled over its levels): " in printed
     with ResultsStore.open(out, readonly=True) as store:
         episodes = store.episodes_frame().sort_values("variant")
     assert episodes["variant"].tolist() == ["", "camera-L1-s0", "light-L3-s0"]
