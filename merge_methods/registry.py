@@ -265,6 +265,27 @@ _method(
     stores="base + dense VLM core + per-skill VLM residuals + per-skill whole action experts + router keys",
 )
 
+_DIAGNOSTIC = ("Diagnostic hybrid: which half of a merged policy fails (vlamergebench)", None)
+for _inner in ("ta", "mergevla"):
+    _method(
+        f"{_inner}_own_head",
+        "diagnostics:Hybrid",
+        _DIAGNOSTIC,
+        kwargs={"method": _inner, "own": "action_expert"},
+        needs_task_identity=True,
+        router=None,
+        stores=f"{_inner}'s merged files + every skill's own action expert (a diagnostic, not a method)",
+    )
+    _method(
+        f"{_inner}_own_vlm",
+        "diagnostics:Hybrid",
+        _DIAGNOSTIC,
+        kwargs={"method": _inner, "own": "vlm"},
+        needs_task_identity=True,
+        router=None,
+        stores=f"{_inner}'s merged files + base VLM + every skill's own LoRA (a diagnostic, not a method)",
+    )
+
 ROUTERS.register(
     "oracle",
     f"{_PACKAGE}.routers:OracleRouter",
