@@ -18,7 +18,7 @@ for method in $methods; do
   if python -c "import sys; from vlamergebench.merge_methods.registry import METHODS as M; sys.exit(M.spec('$method').metadata.get('router') is None)"; then
     routing=oracle,method
   fi
-  /usr/bin/time -f "$method: %e s wall" vlamergebench run --method "$method" --episodes "$EPISODES" \
+  /usr/bin/time -f "$method: %e s wall" vlamergebench run --method "$method" --episodes "$EPISODES" "${experts_flag[@]}" \
     --routing "$routing" "${experts_flag[@]}" --out "$RUNS/$method" --no-progress > "$RUNS.$method.log" 2>&1 || { tail "$RUNS.$method.log"; exit 1; }
   tail -n 3 "$RUNS.$method.log"
 done
@@ -26,11 +26,11 @@ vlamergebench run --method expert_bank --episodes "$PERTURBED_EPISODES" --pertur
   --out "$RUNS/expert_bank" --no-progress > "$RUNS.expert_bank_perturbed.log" 2>&1
 # Ablation: CARVE's residual rank. At the tiny width (128) the default rank 9 keeps 7% of the width, as rank 64
 # does at Qwen2.5-0.5B's 896; rank 64 keeps half, which separates rank truncation from core drift.
-vlamergebench run --method carve --method-config '{"rank": 64}' --episodes "$EPISODES" \
+vlamergebench run --method carve --method-config '{"rank": 64}' --episodes "$EPISODES" "${experts_flag[@]}" \
   --out "$RUNS/carve_rank64" --no-progress > "$RUNS.carve_rank64.log" 2>&1
 # Ablation: MergeVLA's expert heads. Depth 1 (the LIBERO default) averages 3 of the tiny head's 4 blocks across
 # experts; depth 3 keeps 3 per expert.
-vlamergebench run --method mergevla --method-config '{"expert_head_depth": 3}' --episodes "$EPISODES" \
+vlamergebench run --method mergevla --method-config '{"expert_head_depth": 3}' --episodes "$EPISODES" "${experts_flag[@]}" \
   --out "$RUNS/mergevla_head3" --no-progress > "$RUNS.mergevla_head3.log" 2>&1
 # Oracle upper bound, labelled as such: the scale of TA / TIES / RobustMerge chosen on the evaluation
 # episodes themselves (a data-free protocol has no validation data), one run per value.
