@@ -18,7 +18,7 @@ for method in $methods; do
   if python -c "import sys; from vlamergebench.merge_methods.registry import METHODS as M; sys.exit(M.spec('$method').metadata.get('router') is None)"; then
     routing=oracle,method
   fi
-  /usr/bin/time -f "$method: %e s wall" vlamergebench run --method "$method" --episodes "$EPISODES" "${experts_flag[@]}" \
+  /usr/bin/time -f "$method: %e s wall" vlamergebench run --method "$method" --episodes "$EPISODES" \
     --routing "$routing" "${experts_flag[@]}" --out "$RUNS/$method" --no-progress > "$RUNS.$method.log" 2>&1 || { tail "$RUNS.$method.log"; exit 1; }
   tail -n 3 "$RUNS.$method.log"
 done
