@@ -27,6 +27,7 @@ from typing import Any
 
 from vlamergebench.eval.merged import merged_policies, merged_router
 from vlamergebench.eval.runner import (
+    EXECUTORS,
     Contender,
     Evaluation,
     Phase,
@@ -35,6 +36,7 @@ from vlamergebench.eval.runner import (
     TaskUnit,
     run_evaluations,
 )
+from vlamergebench.eval.shards import Shard
 from vlamergebench.eval.store import PROTOCOLS, ResultsStore, RunRecord, StorageRecord
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,10 @@ class BenchmarkConfig:
             :func:`perturbed_variants`): variant labels (``camera-L3-s0``), axis names (every level and seed
             of that axis), ``L<k>`` (every axis at level k, seed 0) or ``all``; empty: none.
         progress: Show progress bars.
+        shard: ``"i/N"``: run only shard i of N of the episode plan (:mod:`vlamergebench.eval.shards`).
+        executor: ``local`` (worker processes) or ``ray`` (Ray actors, ``workers`` of them).
+        ray_address: The Ray cluster to join; None: ``RAY_ADDRESS``, else a local one.
+        batch_envs: Simulators each worker steps side by side, one policy query per chunk for all of them.
     """
 
     method: str
@@ -80,6 +86,10 @@ class BenchmarkConfig:
     image_size: int | None = None
     perturbations: tuple[str, ...] = ()
     progress: bool = True
+    shard: str | None = None
+    executor: str = "local"
+    ray_address: str | None = None
+    batch_envs: int = 1
 
     def __post_init__(self) -> None:
         if self.protocol is not None and self.protocol not in PROTOCOLS:
@@ -90,6 +100,12 @@ class BenchmarkConfig:
             raise ValueError(
                 f"BenchmarkConfig: episodes_per_task, workers >= 1 and seeds, routing non-empty: {self}"
             )
+        if self.shard is not None:
+            Shard.parse(self.shard)
+        if self.batch_envs < 1:
+            raise ValueError(f"--batch-envs must be >= 1, got {self.batch_envs}")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"--executor {self.executor!r}: expected one of {', '.join(EXECUTORS)}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BenchmarkConfig:
@@ -307,7 +323,15 @@ def run_benchmark(config: BenchmarkConfig) -> list[PhaseSummary]:
     units = task_units(experts, config.select, image_size, config.perturbations)
     out = Path(config.out)
     models = models_per_step(method, experts, protocol, out, config.progress)
-    options = RunOptions(workers=config.workers, max_steps=config.max_steps, progress=config.progress)
+    options = RunOptions(
+        workers=config.workers,
+        max_steps=config.max_steps,
+        progress=config.progress,
+        executor=config.executor,
+        ray_address=config.ray_address,
+        shard=None if config.shard is None else Shard.parse(config.shard),
+        batch_envs=config.batch_envs,
+    )
     evaluations = []
     with ResultsStore.open(out) as store:
         for mode in config.routing:

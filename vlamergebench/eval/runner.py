@@ -13,8 +13,12 @@ work items and evaluations, so a task is built once per process, not once per ph
 faulted is closed and rebuilt. Contenders (policies, routers) are cached the same way. Work goes
 preferably to the process that already holds the item's simulator.
 
-Parallelism: ``workers > 1`` starts that many spawned processes (:mod:`vlamergebench.eval.workers`) for all
-the evaluations at once; the parent alone writes the store. ``workers == 1`` runs in this process.
+Parallelism: the *executor* runs the work items and hands each finished record back to this process, which
+alone writes the store. ``local`` with ``workers > 1`` starts that many spawned processes
+(:mod:`vlamergebench.eval.workers`) for all the evaluations at once, ``workers == 1`` runs in this process;
+``ray`` runs ``workers`` Ray actors on a Ray cluster (:mod:`vlamergebench.eval.ray_executor`).
+
+Shards: with ``RunOptions.shard`` only that slice of the episode plan runs (:mod:`vlamergebench.eval.shards`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import logging
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +35,14 @@ from tqdm.auto import tqdm
 
 from vlamergebench.eval.policy import PolicySourceFactory, RouterFactory, check_policy_source, check_router
 from vlamergebench.eval.provenance import canonical_json, episode_seed, git_revision, package_versions
-from vlamergebench.eval.rollout import EpisodeOutcome, rollout
+from vlamergebench.eval.rollout import EpisodeOutcome, rollout, rollout_batch
+from vlamergebench.eval.shards import Shard, plan_document, record_shard, shard_pairs
 from vlamergebench.eval.store import EpisodeRecord, ResultsStore, RunRecord
 
 logger = logging.getLogger(__name__)
+
+# Engines that run work items; the process calling run_evaluations writes the store under every one.
+EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -114,12 +122,17 @@ class RunOptions:
     """How to run (not part of a run's identity).
 
     Attributes:
-        workers: Worker processes; 1 runs in this process.
+        workers: Worker processes (``local``; 1 runs in this process) or Ray actors (``ray``).
         max_steps: Cap on primitive steps per episode; None takes the env spec's ``max_episode_steps``.
         threads_per_worker: torch/BLAS threads in each worker.
         progress: Show the tqdm progress bar.
         envs_per_worker: Simulators a process keeps built (LRU).
         contenders_per_worker: Contenders a process keeps built (LRU).
+        executor: One of :data:`EXECUTORS`.
+        ray_address: Address of the Ray cluster to join (``ray``); None: ``RAY_ADDRESS``, else a local one.
+        shard: Run only this slice of the episode plan; None runs all of it.
+        batch_envs: Simulators a worker steps side by side, with one policy query per chunk for all of them
+            (policies with ``predict_batch``; others run one episode at a time).
     """
 
     workers: int = 1
@@ -128,6 +141,10 @@ class RunOptions:
     progress: bool = True
     envs_per_worker: int = 2
     contenders_per_worker: int = 2
+    executor: str = "local"
+    ray_address: str | None = None
+    shard: Shard | None = None
+    batch_envs: int = 1
 
 
 @dataclass(frozen=True)
@@ -184,9 +201,13 @@ class PhaseSummary:
 
 
 def plan(
-    evaluation: Evaluation, job: EpisodeJob, finished: Mapping[tuple[Any, ...], Any], workers: int
+    evaluation: Evaluation,
+    job: EpisodeJob,
+    finished: Mapping[tuple[Any, ...], Any],
+    workers: int,
+    keep: set[tuple[Any, ...]] | None = None,
 ) -> list[WorkItem]:
-    """Work items of the episodes of ``evaluation`` not in ``finished``.
+    """Work items of the episodes of ``evaluation`` not in ``finished`` (and in ``keep``, when given).
 
     A unit is split into contiguous slices of episodes when there are more workers than units with pending
     episodes, so that every worker has something to do.
@@ -199,6 +220,7 @@ def plan(
             for k in range(phase.episodes_per_task)
             if (run_id, phase.admission_step, unit.skill, unit.env_id, unit.variant, unit.task, k)
             not in finished
+            and (keep is None or ((unit.skill, unit.env_id, unit.variant, unit.task), k) in keep)
         )
         if indices:
             pending.append((unit, indices))
@@ -233,9 +255,9 @@ class Resources:
         self._envs: OrderedDict[str, Any] = OrderedDict()
         self._contenders: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
 
-    def env(self, unit: TaskUnit) -> Any:
-        """The simulator of ``unit``, built on first use."""
-        key = unit.env_key
+    def env(self, unit: TaskUnit, slot: int = 0) -> Any:
+        """Simulator ``slot`` of ``unit`` (several run side by side when batching), built on first use."""
+        key = unit.env_key if slot == 0 else f"{unit.env_key}#{slot}"
         if key in self._envs:
             self._envs.move_to_end(key)
         else:
@@ -244,9 +266,9 @@ class Resources:
                 self._envs.popitem(last=False)[1].close()
         return self._envs[key]
 
-    def discard_env(self, unit: TaskUnit) -> None:
-        """Close and forget the simulator of ``unit`` (after a fault it may be left broken)."""
-        env = self._envs.pop(unit.env_key, None)
+    def discard_env(self, unit: TaskUnit, slot: int = 0) -> None:
+        """Close and forget simulator ``slot`` of ``unit`` (after a fault it may be left broken)."""
+        env = self._envs.pop(unit.env_key if slot == 0 else f"{unit.env_key}#{slot}", None)
         if env is not None:
             env.close()
 
@@ -267,10 +289,23 @@ class Resources:
             self._envs.popitem()[1].close()
 
 
-def run_item(item: WorkItem, resources: Resources) -> Iterator[tuple[str, Any]]:
-    """Run one work item, yielding ``("start", k)``, then ``("episode", record)``, per episode k."""
+def worker_resources(options: RunOptions) -> Resources:
+    """The caches of one worker: room for a batch of simulators besides the usual ones."""
+    return Resources(options.envs_per_worker + options.batch_envs - 1, options.contenders_per_worker)
+
+
+def run_item(item: WorkItem, resources: Resources, batch: int = 1) -> Iterator[tuple[str, Any]]:
+    """Run one work item, yielding ``("start", k)``, then ``("episode", record)``, per episode k.
+
+    With ``batch > 1`` and a policy that has ``predict_batch``, episodes run ``batch`` at a time on as many
+    simulators, with one policy query per chunk for all of them
+    (:func:`~vlamergebench.eval.rollout.rollout_batch`).
+    """
     unit, job = item.unit, item.job
     source, router = resources.contender(item.contender)
+    if batch > 1 and hasattr(source.policy(unit.skill), "predict_batch"):
+        yield from _run_batched(item, resources, source, router, batch)
+        return
     for k in item.episode_indices:
         env = resources.env(unit)
         max_steps = job.max_steps or (env.spec.max_episode_steps if env.spec else None)
@@ -282,6 +317,27 @@ def run_item(item: WorkItem, resources: Resources) -> Iterator[tuple[str, Any]]:
         yield "episode", episode_record(item, k, seed, out, os.getpid())
         if out.error is not None:  # the simulator may be left broken: build a fresh one
             resources.discard_env(unit)
+
+
+def _run_batched(
+    item: WorkItem, resources: Resources, source: Any, router: Any, batch: int
+) -> Iterator[tuple[str, Any]]:
+    unit, job = item.unit, item.job
+    for start in range(0, len(item.episode_indices), batch):
+        group = item.episode_indices[start : start + batch]
+        envs = [resources.env(unit, slot) for slot in range(len(group))]
+        max_steps = job.max_steps or (envs[0].spec.max_episode_steps if envs[0].spec else None)
+        if not max_steps:
+            raise ValueError(f"{unit.env_id}: no max_episode_steps in its spec; set RunOptions.max_steps")
+        for k in group:
+            yield "start", k
+        seeds = [episode_seed(job.run_seed, unit.skill, k) for k in group]
+        outcomes = rollout_batch(envs, source, router, skill=unit.skill, seeds=seeds, init_state_ids=group,
+                                 max_steps=max_steps)  # fmt: skip
+        for slot, (k, seed, out) in enumerate(zip(group, seeds, outcomes, strict=True)):
+            yield "episode", episode_record(item, k, seed, out, os.getpid())
+            if out.error is not None:
+                resources.discard_env(unit, slot)
 
 
 def episode_record(item: WorkItem, k: int, seed: int, out: EpisodeOutcome, pid: int) -> EpisodeRecord:
@@ -322,6 +378,10 @@ class _Progress:
 def _check(evaluations: Sequence[Evaluation], options: RunOptions) -> None:
     if options.workers < 1:
         raise ValueError(f"RunOptions.workers must be >= 1, got {options.workers}")
+    if options.batch_envs < 1:
+        raise ValueError(f"RunOptions.batch_envs must be >= 1, got {options.batch_envs}")
+    if options.executor not in EXECUTORS:
+        raise ValueError(f"RunOptions.executor must be one of {EXECUTORS}, got {options.executor!r}")
     seen = set()
     for evaluation in evaluations:
         run, phase = evaluation.run, evaluation.phase
@@ -351,20 +411,26 @@ def run_evaluations(
     for evaluation in evaluations:
         store.register_run(evaluation.run)
     versions, git_rev = package_versions(), git_revision()
+    keep = None
+    if options.shard is not None:
+        episode_plan = plan_document(evaluations)
+        keep = shard_pairs(episode_plan, options.shard)
+        record_shard(store.path, episode_plan, options.shard)
     counts: dict[tuple[str, int], dict[str, int]] = {}
     items, total, resumed = [], 0, []
     for evaluation in evaluations:
         run, phase = evaluation.run, evaluation.phase
         finished = store.finished_episodes(run.run_id)
-        mine = [finished[key] for key in evaluation.episode_keys() if key in finished]
+        planned = [key for key in evaluation.episode_keys() if keep is None or (key[2:6], key[6]) in keep]
+        mine = [finished[key] for key in planned if key in finished]
         resumed += mine
         counts[(run.run_id, phase.admission_step)] = {
             "episodes": len(mine), "successes": sum(ok for ok, _ in mine),
             "errors": sum(failed for _, failed in mine), "ran": 0, "resumed": len(mine),
         }  # fmt: skip
-        total += len(evaluation.episode_keys())
+        total += len(planned)
         job = EpisodeJob(run.run_id, run.run_seed, phase.admission_step, options.max_steps, versions, git_rev)
-        items += plan(evaluation, job, finished, options.workers)
+        items += plan(evaluation, job, finished, options.workers, keep)
     progress = _Progress(total, len(resumed), sum(ok for ok, _ in resumed), sum(f for _, f in resumed), label,
                          options.progress)  # fmt: skip
 
@@ -380,22 +446,39 @@ def run_evaluations(
         count["errors"] += int(record.error is not None)
 
     try:
-        if items and options.workers == 1:
-            resources = Resources(options.envs_per_worker, options.contenders_per_worker)
-            try:  # one simulator serves every evaluation of its task before the next is built
-                for item in sorted(items, key=lambda item: item.unit.env_key):
-                    for kind, payload in run_item(item, resources):
-                        if kind == "episode":
-                            commit(payload)
-            finally:
-                resources.close()
-        elif items:
-            from vlamergebench.eval.workers import run_in_workers
-
-            run_in_workers(items, options, commit)
+        if items:
+            execute(items, options, commit)
     finally:
         progress.bar.close()
     return [PhaseSummary(run_id, step, **count) for (run_id, step), count in counts.items()]
+
+
+def run_inline(
+    items: Sequence[WorkItem], options: RunOptions, commit: Callable[[EpisodeRecord], None]
+) -> None:
+    """The in-process executor: run ``items`` here, one after another."""
+    resources = worker_resources(options)
+    try:  # one simulator serves every evaluation of its task before the next is built
+        for item in sorted(items, key=lambda item: item.unit.env_key):
+            for kind, payload in run_item(item, resources, options.batch_envs):
+                if kind == "episode":
+                    commit(payload)
+    finally:
+        resources.close()
+
+
+def execute(items: Sequence[WorkItem], options: RunOptions, commit: Callable[[EpisodeRecord], None]) -> None:
+    """Run ``items`` on the executor ``options`` names; ``commit`` is called in this process per episode."""
+    if options.executor == "ray":
+        from vlamergebench.eval.ray_executor import run_on_ray
+
+        run_on_ray(items, options, commit)
+    elif options.workers == 1:
+        run_inline(items, options, commit)
+    else:
+        from vlamergebench.eval.workers import run_in_workers
+
+        run_in_workers(items, options, commit)
 
 
 def run_phase(
