@@ -29,15 +29,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from vlamergebench.policies.checkpoint import NormStats
-from vlamergebench.policies.model import PromptBatch, VLAPolicy, build_model
-from vlamergebench.policies.registry import make_config
-from vlamergebench.policies.tokenizer import HashedWordTokenizer
 
 from vlamergebench.eval.policy import SingleSkillSource
 from vlamergebench.eval.rollout import rollout
-from vlamergebench.eval.runner import Contender, Phase, RunOptions, TaskUnit, run_phase
+from vlamergebench.eval.runner import run_phase
 from vlamergebench.eval.store import ResultsStore, RunRecord
+from vlamergebench.eval.work import Contender, Phase, RunOptions, TaskUnit
+from vlamergebench.policies.checkpoint import NormStats
+from vlamergebench.policies.model import PromptBatch, build_model
+from vlamergebench.policies.policy import VLAPolicy
+from vlamergebench.policies.registry import make_config
+from vlamergebench.policies.tokenizer import HashedWordTokenizer
 
 SKILL = "object_0"
 STATS = NormStats((-1.0,) * 7, (1.0,) * 7, (True,) * 6 + (False,), (-1.0,) * 8, (1.0,) * 8)

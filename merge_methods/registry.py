@@ -7,10 +7,12 @@ instantiating needs the skill for its *weights*; every method selects per-skill 
 ``router`` (its own router, or None: run it with ``oracle`` or a named router), ``kind`` (``one_shot`` or
 ``continual``) and ``stores`` (what its merged directory holds at inference). A variant that differs only in
 defaults is a second registration with ``kwargs``, never a second file. Build a method with
-``base.make_method(name, **overrides)``.
+``make_method(name, **overrides)``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from vlamergebench.registry import Registry
 
@@ -30,6 +32,17 @@ _MERGEVLA = (
     "MergeVLA: Cross-Skill Model Merging Toward a Generalist Vision-Language-Action Agent",
     "2511.18810",
 )
+_TSV = ("Task Singular Vectors: Reducing Task Interference in Model Merging", "2412.00081")
+_ISO = ("No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces", "2502.04959")
+_WUDI = (
+    "Whoever Started the Interference Should End It: Guiding Data-Free Model Merging via Task Vectors",
+    "2503.08099",
+)
+_KNOTS = ("Model merging with SVD to tie the KnOTS", "2410.19735")
+_CORE = ("Accurate and Efficient Low-Rank Model Merging in Core Space", "2509.17786")
+_EMR = ("EMR-Merging: Tuning-Free High-Performance Model Merging", "2405.17461")
+_LINES = ("LiNeS: Post-training Layer Scaling Prevents Forgetting and Enhances Model Merging", "2410.17146")
+_TWIN = ("Twin-Merging: Dynamic Integration of Modular Expertise in Model Merging", "2406.15479")
 _CARVE = ("CARVE: continual VLA expert merging (anonymous NeurIPS 2026 submission)", None)
 _MERGEVLA_STORES = (
     "base + tau_merge + per-skill bit-packed masks + shared head + per-skill expert heads + router keys"
@@ -178,6 +191,60 @@ _method(
     router="mergevla_value_subspace",
     stores=_MERGEVLA_STORES,
 )
+for _name, _entry, _paper, _kwargs in (
+    ("tsv", "tsv:TsvMerge", _TSV, None),
+    ("iso_c", "iso:Iso", _ISO, {"variant": "c"}),
+    ("iso_cts", "iso:Iso", _ISO, {"variant": "cts"}),
+    ("wudi", "wudi:Wudi", _WUDI, None),
+    ("knots", "knots:Knots", _KNOTS, None),
+    ("core_space", "core_space:CoreSpace", _CORE, None),
+    ("lines_ta", "lines:Lines", _LINES, {"base_merge": "ta"}),
+    ("lines_ties", "lines:Lines", _LINES, {"base_merge": "ties"}),
+):
+    _method(_name, _entry, _paper, kwargs=_kwargs, needs_task_identity=False, router=None, stores=_ONE_MODEL)
+_method(
+    "tsv_c",
+    "tsv:TsvCompress",
+    _TSV,
+    needs_task_identity=True,
+    router=None,
+    stores="base + per skill its top-min(m,n)/T singular factors (U S, V) per target + its own action expert",
+)
+_method(
+    "emr",
+    "emr:Emr",
+    _EMR,
+    needs_task_identity=True,
+    router=None,
+    stores="base + tau_uni + per-skill bit-packed masks + per-skill rescalers + averaged action expert",
+)
+_method(
+    "twin_merging",
+    "twin:TwinMerging",
+    _TWIN,
+    needs_task_identity=True,
+    router=None,
+    stores="shared VLM (base + 0.29 sum tau) + per skill low-rank twin factors, action expert, norm stats",
+)
+_method(
+    "continual_ta",
+    "continual:ContinualTaskArithmetic",
+    _CARVE,
+    needs_task_identity=False,
+    router=None,
+    kind="continual",
+    stores="base + running mean of the task vectors + averaged action expert + per-skill norm stats",
+)
+for _rule in ("tsv", "wudi", "knots", "emr"):
+    _method(
+        f"mergevla_{_rule}",
+        "mergevla:MergeVLA",
+        _MERGEVLA,
+        kwargs={"merge": _rule},
+        needs_task_identity=True,
+        router="mergevla_value_subspace",
+        stores=_MERGEVLA_STORES + (" + per-skill rescalers" if _rule == "emr" else ""),
+    )
 _method(
     "carve",
     "carve:Carve",
@@ -197,6 +264,27 @@ _method(
     kind="continual",
     stores="base + dense VLM core + per-skill VLM residuals + per-skill whole action experts + router keys",
 )
+
+_DIAGNOSTIC = ("Diagnostic hybrid: which half of a merged policy fails (vlamergebench)", None)
+for _inner in ("ta", "mergevla"):
+    _method(
+        f"{_inner}_own_head",
+        "diagnostics:Hybrid",
+        _DIAGNOSTIC,
+        kwargs={"method": _inner, "own": "action_expert"},
+        needs_task_identity=True,
+        router=None,
+        stores=f"{_inner}'s merged files + every skill's own action expert (a diagnostic, not a method)",
+    )
+    _method(
+        f"{_inner}_own_vlm",
+        "diagnostics:Hybrid",
+        _DIAGNOSTIC,
+        kwargs={"method": _inner, "own": "vlm"},
+        needs_task_identity=True,
+        router=None,
+        stores=f"{_inner}'s merged files + base VLM + every skill's own LoRA (a diagnostic, not a method)",
+    )
 
 ROUTERS.register(
     "oracle",
@@ -222,3 +310,11 @@ ROUTERS.register(
     needs_policy=False,
     signal="exact match of the episode instruction against each skill's training instructions",
 )
+
+
+def make_method(name: str, **overrides: Any) -> Any:
+    """Build the registered method ``name`` with config ``overrides`` laid over its registered defaults."""
+    spec = METHODS.spec(name)
+    method_class = METHODS.load(name)
+    config = method_class.config_class.from_dict({**spec.kwargs, **overrides})
+    return method_class(name, config)

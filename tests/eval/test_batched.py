@@ -12,14 +12,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import evalworld  # noqa: E402
-from vlamergebench.policies.checkpoint import NormStats  # noqa: E402
-from vlamergebench.policies.model import VLAPolicy, build_model  # noqa: E402
-from vlamergebench.policies.registry import make_config  # noqa: E402
-from vlamergebench.policies.tokenizer import make_tokenizer  # noqa: E402
 
 from vlamergebench.eval.rollout import rollout, rollout_batch  # noqa: E402
-from vlamergebench.eval.runner import Contender, Phase, RunOptions, TaskUnit, run_phase  # noqa: E402
+from vlamergebench.eval.runner import run_phase  # noqa: E402
 from vlamergebench.eval.store import ResultsStore, RunRecord  # noqa: E402
+from vlamergebench.eval.work import Contender, Phase, RunOptions, TaskUnit  # noqa: E402
+from vlamergebench.policies.checkpoint import NormStats  # noqa: E402
+from vlamergebench.policies.model import build_model  # noqa: E402
+from vlamergebench.policies.policy import VLAPolicy  # noqa: E402
+from vlamergebench.policies.registry import make_config  # noqa: E402
+from vlamergebench.policies.tokenizer import make_tokenizer  # noqa: E402
 
 SKILLS = ("left", "right")
 COLUMNS = ["success", "steps", "seed", "init_state_id", "routed_skill", "error"]

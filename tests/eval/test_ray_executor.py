@@ -19,8 +19,9 @@ sys.path.insert(0, str(HERE))
 
 import evalworld  # noqa: E402
 
-from vlamergebench.eval.runner import Contender, Phase, RunOptions, TaskUnit, run_phase  # noqa: E402
+from vlamergebench.eval.runner import run_phase  # noqa: E402
 from vlamergebench.eval.store import EPISODE_KEY, ResultsStore, RunRecord  # noqa: E402
+from vlamergebench.eval.work import Contender, Phase, RunOptions, TaskUnit  # noqa: E402
 
 ray = pytest.importorskip("ray")
 

@@ -16,9 +16,10 @@ import evalworld  # noqa: E402
 
 from vlamergebench.cli import main  # noqa: E402
 from vlamergebench.eval.combine import CombineError, combine_stores  # noqa: E402
-from vlamergebench.eval.runner import Contender, Phase, RunOptions, TaskUnit, run_phase  # noqa: E402
+from vlamergebench.eval.runner import run_phase  # noqa: E402
 from vlamergebench.eval.shards import Shard  # noqa: E402
 from vlamergebench.eval.store import EPISODE_KEY, ResultsStore, RunRecord  # noqa: E402
+from vlamergebench.eval.work import Contender, Phase, RunOptions, TaskUnit  # noqa: E402
 
 SKILLS = ("left", "right")
 EPISODES = 5

@@ -28,17 +28,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vlamergebench.eval.provenance import episode_seed
 from vlamergebench.eval.rollout import EpisodeOutcome
-from vlamergebench.eval.runner import RunOptions, WorkItem, episode_record, run_item, worker_resources
-from vlamergebench.eval.store import EpisodeRecord
+from vlamergebench.eval.store import INFRASTRUCTURE_ERROR, EpisodeRecord
+from vlamergebench.eval.work import RunOptions, WorkItem, episode_record, run_item, worker_resources
 from vlamergebench.eval.workers import WorkerError
+from vlamergebench.provenance import episode_seed
 
 logger = logging.getLogger(__name__)
 
 ATTEMPTS = 3  # per episode, across actors that die running it
-# Rows starting with this are infrastructure errors: left out of rates and run again on resume.
-INFRASTRUCTURE_PREFIX = "infrastructure: "
 
 
 class EpisodeActor:
@@ -94,7 +92,7 @@ class _Actor:
 def _infrastructure_record(item: WorkItem, k: int, cause: str) -> EpisodeRecord:
     seed = episode_seed(item.job.run_seed, item.unit.skill, k)
     error = (
-        f"{INFRASTRUCTURE_PREFIX}the Ray actor died in each of {ATTEMPTS} attempts at this episode ({cause})"
+        f"{INFRASTRUCTURE_ERROR}the Ray actor died in each of {ATTEMPTS} attempts at this episode ({cause})"
     )
     return episode_record(item, k, seed, EpisodeOutcome(False, 0, 0.0, None, 0.0, None, error), 0)
 

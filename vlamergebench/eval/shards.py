@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlamergebench.eval.provenance import config_hash
+from vlamergebench.provenance import config_hash
 
 MANIFEST_SUFFIX = ".shards.json"
 

@@ -124,7 +124,7 @@ def demo_path(demos: Path, suite: str, task_id: int) -> Path:
 
 def _collect_one(suite: str, task_id: int, attempts: int, demos: str) -> tuple[str, float]:
     """One task's demonstrations (in a worker process; resumes a ``.partial`` file): (summary, seconds)."""
-    from vlamergebench.eval.collect import CollectConfig, collect_demos
+    from vlamergebench.experts.collect import CollectConfig, collect_demos
 
     started = time.monotonic()
     path = demo_path(Path(demos), suite, task_id)

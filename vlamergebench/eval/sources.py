@@ -28,7 +28,7 @@ class MergedPolicies:
     def __init__(
         self, merged_dir: str | os.PathLike[str], cache_size: int = 2, tokenizer_dir: str | None = None
     ):
-        from vlamergebench.merge_methods.base import MergedModel
+        from vlamergebench.merge_methods.merged import MergedModel
 
         self.model = MergedModel.open(merged_dir)
         self.cache_size = cache_size
@@ -46,7 +46,7 @@ class MergedPolicies:
             self._cache.move_to_end(skill)
             return self._cache[skill]
         from vlamergebench.policies.config import VLAConfig
-        from vlamergebench.policies.model import VLAPolicy
+        from vlamergebench.policies.policy import VLAPolicy
 
         weights = self.model.instantiate(skill)
         policy = VLAPolicy.from_state_dict(
@@ -64,7 +64,7 @@ class MergedPolicies:
 
 
 def _load_router(merged_dir: str, name: str | None) -> Any:
-    from vlamergebench.merge_methods.base import MergedModel
+    from vlamergebench.merge_methods.merged import MergedModel
 
     return MergedModel.open(merged_dir).router(name)
 
