@@ -32,6 +32,7 @@ exists and resumes when interrupted (expect several CPU-hours on 2 cores; each s
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
@@ -191,7 +192,10 @@ def collect_demos_for(
     todo = [(key, n) for key, n in plan.items() if not demo_path(demos, *key).is_file()]
     if not todo:
         return
-    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+    # spawn, not fork: a forked child of a process holding a MuJoCo EGL context hangs creating its own
+    with ProcessPoolExecutor(
+        max_workers=max(1, jobs), mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
         futures = {
             (suite, task): pool.submit(_collect_one, suite, task, n, str(demos)) for (suite, task), n in todo
         }
