@@ -435,6 +435,35 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
         "died are always rerun)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    # --- evaluation at scale (docs/scaling.md) ---
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run only shard I of N (0-based) of the episode plan, e.g. 0/4; join the shards' stores with "
+        "'vlamergebench combine'",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: worker processes on this machine; ray: --workers Ray actors on a Ray cluster "
+        "(pip install 'vlamergebench[ray]'); default local",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster to join with --executor ray (default: RAY_ADDRESS, else a new local cluster)",
+    )
+    parser.add_argument(
+        "--batch-envs",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="simulators each worker steps side by side, with one policy query per chunk for all K "
+        "(default 1); same actions as unbatched, faster where a query costs more than a physics step",
+    )
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -471,6 +500,10 @@ def _run_run(args: argparse.Namespace) -> int:
             image_size=args.image_size,
             perturbations=tuple(item for item in args.perturbations.split(",") if item),
             progress=not args.no_progress,
+            shard=args.shard,
+            executor=args.executor,
+            ray_address=args.ray_address,
+            batch_envs=args.batch_envs,
             retry_errors=args.retry_errors,
         )
         summaries = run_command(config)
@@ -517,6 +550,29 @@ def _print_run_summary(summary: dict) -> None:
         "(the progress bar's rate pools every episode of every admission step; the averages above are of "
         "the final model)"
     )
+
+
+# --- combine --------------------------------------------------------------------------------------------
+def _add_combine(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "stores", nargs="+", metavar="STORE", help="the shards' stores (output directories or .sqlite files)"
+    )
+    parser.add_argument("--out", required=True, metavar="STORE", help="the combined store to write (new)")
+
+
+def _run_combine(args: argparse.Namespace) -> int:
+    from vlamergebench.eval.combine import combine_stores
+    from vlamergebench.eval.store import StoreError
+
+    try:
+        summary = combine_stores(args.stores, args.out)
+    except (StoreError, ValueError) as error:
+        print(f"vlamergebench combine: error: {error}", file=sys.stderr)
+        return 1
+    shards = f" (shards {', '.join(summary.shards)})" if summary.shards else ""
+    print(f"combined {summary.sources} stores{shards}: {summary.runs} runs, {summary.episodes} episodes")
+    print(f"store: {summary.out}")
+    return 0
 
 
 # --- leaderboard ----------------------------------------------------------------------------------------
@@ -666,6 +722,11 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Han
         "rebuild the embedded default expert set (scripted demos, base, experts, acceptance checks)",
         _add_build_default_experts,
         _run_build_default_experts,
+    ),
+    "combine": (
+        "join the stores of one run's shards (run --shard i/N) into one store",
+        _add_combine,
+        _run_combine,
     ),
     "leaderboard": (
         "build success, storage and forgetting leaderboards from results stores",

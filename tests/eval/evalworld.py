@@ -34,17 +34,24 @@ class PointEnv(gym.Env):
     Observation: ``agentview_image`` uint8 (8, 8, 3), ``state`` float32 (2,), ``instruction`` text.
     Action: float32 (2,) in [-1, 1], velocity x SPEED. Success: within 0.05 of the goal (terminates).
     Faults (for tests of fault isolation): init states in ``fault_init_states`` raise in ``step`` on step 3;
-    those in ``crash_init_states`` kill the whole process with SIGKILL on step 3.
+    those in ``crash_init_states`` kill the whole process with SIGKILL on step 3 (with ``crash_once_path``:
+    only while that file does not exist; the crash creates it, so a retry succeeds).
     """
 
     metadata = {"render_modes": []}
 
     def __init__(
-        self, task: str = "left", step_delay_s: float = 0.0, fault_init_states=(), crash_init_states=()
+        self,
+        task: str = "left",
+        step_delay_s: float = 0.0,
+        fault_init_states=(),
+        crash_init_states=(),
+        crash_once_path=None,
     ):
         self.task, self.goal = task, np.array(GOALS[task])
         self.step_delay_s = step_delay_s
         self.fault_init_states, self.crash_init_states = set(fault_init_states), set(crash_init_states)
+        self.crash_once_path = crash_once_path
         self.observation_space = spaces.Dict(
             {
                 "agentview_image": spaces.Box(0, 255, (8, 8, 3), np.uint8),
@@ -80,7 +87,11 @@ class PointEnv(gym.Env):
         if self.step_delay_s:
             time.sleep(self.step_delay_s)
         if self.steps == 3 and self.init_state_id in self.crash_init_states:
-            os.kill(os.getpid(), signal.SIGKILL)
+            if self.crash_once_path is None:
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif not os.path.exists(self.crash_once_path):
+                open(self.crash_once_path, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
         if self.steps == 3 and self.init_state_id in self.fault_init_states:
             raise RuntimeError(f"simulated instability at init state {self.init_state_id}")
         self.position = self.position + SPEED * np.clip(action, -1, 1)
@@ -118,6 +129,27 @@ class Controllers:
 
     def policy(self, skill):
         return self._policies[skill]
+
+
+class BatchSeekers(Controllers):
+    """A PolicySource whose policies answer a batch of observations at once (``predict_batch``)."""
+
+    def __init__(self, skills=("left", "right")):
+        self._policies = {skill: BatchGoalSeeker(GOALS[skill]) for skill in skills}
+
+
+class BatchGoalSeeker(GoalSeeker):
+    """GoalSeeker with ``predict_batch``; counts its calls and the observations they carried."""
+
+    def __init__(self, goal):
+        super().__init__(goal)
+        self.batch_sizes = []
+
+    def predict_batch(self, observations):
+        self.batch_sizes.append(len(observations))
+        states = np.stack([observation["state"] for observation in observations])
+        directions = np.clip((self.goal - states) / SPEED, -1, 1)
+        return np.repeat(directions[:, None, :], 4, axis=1)  # (batch, chunk=4, action_dim=2)
 
 
 class KeywordRouter:

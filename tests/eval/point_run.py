@@ -1,4 +1,5 @@
-"""A real evaluation run on the point env, as a script: ``python point_run.py STORE_DIR EPISODES DELAY_S``.
+"""A real evaluation run on the point env, as a script:
+``python point_run.py STORE_DIR EPISODES DELAY_S [EXECUTOR [RAY_ADDRESS]]`` (default executor: local).
 
 Used by test_resume.py, which SIGKILLs it mid-way and runs it again.
 """
@@ -21,6 +22,8 @@ SKILLS = ("left", "right")
 
 if __name__ == "__main__":
     store_dir, episodes, delay_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    executor = sys.argv[4] if len(sys.argv) > 4 else "local"
+    ray_address = sys.argv[5] if len(sys.argv) > 5 else None
     run = RunRecord.create(
         method="controllers",
         method_config={},
@@ -40,6 +43,6 @@ if __name__ == "__main__":
             run,
             Phase(1, units, episodes),
             Contender(functools.partial(evalworld.Controllers, SKILLS)),
-            RunOptions(workers=2),
+            RunOptions(workers=2, executor=executor, ray_address=ray_address),
         )
     print(f"RAN={summary.ran} RESUMED={summary.resumed} EPISODES={summary.episodes}")  # noqa: T201

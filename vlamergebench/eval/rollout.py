@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 
-from vlamergebench.eval.policy import PolicyContractError, PolicySource, Router, check_action_chunk
+from vlamergebench.eval.policy import Policy, PolicyContractError, PolicySource, Router, check_action_chunk
 
 _ERROR_CHARS = 4000  # keep the head of the message and the innermost frames of a simulator traceback
 
@@ -99,6 +99,86 @@ def rollout(
     Returns:
         The :class:`EpisodeOutcome`.
     """
+    episode = episode_steps(
+        env, source, router, skill=skill, seed=seed, init_state_id=init_state_id, max_steps=max_steps
+    )
+    try:
+        policy, observation = next(episode)
+        while True:
+            policy, observation = episode.send(policy.predict(observation))
+    except StopIteration as finished:
+        return finished.value
+
+
+def rollout_batch(
+    envs: Sequence[gym.Env],
+    source: PolicySource,
+    router: Router | None,
+    *,
+    skill: str,
+    seeds: Sequence[int],
+    init_state_ids: Sequence[int],
+    max_steps: int,
+) -> list[EpisodeOutcome]:
+    """Run one episode per env at once, querying each policy once per round for all episodes that wait on it.
+
+    Episode i runs on ``envs[i]`` with ``seeds[i]`` and ``init_state_ids[i]``, through the same
+    :func:`episode_steps` as :func:`rollout`, so its outcome is the unbatched one as long as the policy's
+    ``predict_batch`` row i equals ``predict`` of observation i (docs/formats.md section 5: a batchable policy
+    is stateless between chunks). A policy without ``predict_batch`` is asked row by row. An episode's
+    ``wall_s`` counts from the start of the batch.
+    """
+    episodes = [
+        episode_steps(env, source, router, skill=skill, seed=seed, init_state_id=k, max_steps=max_steps)
+        for env, seed, k in zip(envs, seeds, init_state_ids, strict=True)
+    ]
+    outcomes: list[EpisodeOutcome | None] = [None] * len(episodes)
+    waiting: dict[int, tuple[Policy, Mapping[str, Any]]] = {}
+
+    def advance(i: int, chunk: Any = None, first: bool = False) -> None:
+        try:
+            waiting[i] = next(episodes[i]) if first else episodes[i].send(chunk)
+        except StopIteration as finished:
+            outcomes[i] = finished.value
+
+    for i in range(len(episodes)):
+        advance(i, first=True)
+    while waiting:
+        by_policy: dict[int, list[int]] = {}
+        for i, (policy, _) in waiting.items():
+            by_policy.setdefault(id(policy), []).append(i)
+        round_ = {i: waiting.pop(i) for i in list(waiting)}
+        for indices in by_policy.values():
+            policy = round_[indices[0]][0]
+            observations = [round_[i][1] for i in indices]
+            if hasattr(policy, "predict_batch"):
+                chunks = list(policy.predict_batch(observations))
+            else:
+                chunks = [policy.predict(observation) for observation in observations]
+            for i, chunk in zip(indices, chunks, strict=True):
+                advance(i, chunk)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+EpisodeSteps = Generator[tuple[Policy, Mapping[str, Any]], Any, EpisodeOutcome]
+
+
+def episode_steps(
+    env: gym.Env,
+    source: PolicySource,
+    router: Router | None,
+    *,
+    skill: str,
+    seed: int,
+    init_state_id: int,
+    max_steps: int,
+) -> EpisodeSteps:
+    """One episode as a generator: it yields ``(policy, observation)`` and is sent that policy's chunk for it.
+
+    The caller decides how chunks are computed (:func:`rollout`: one ``predict`` per chunk; a batched
+    caller: one ``predict_batch`` for several episodes), so every episode runs the same code either way.
+    Arguments are those of :func:`rollout`; the generator returns the :class:`EpisodeOutcome`.
+    """
     started = time.perf_counter()
     steps, routed_skill, routing_s, instruction = 0, None, 0.0, None
 
@@ -129,7 +209,7 @@ def rollout(
     chunked: dict[int, gym.Wrapper] = {}
     dtype = env.action_space.dtype
     while not success and steps < max_steps:
-        chunk = check_action_chunk(policy.predict(observation), action_dim, who).astype(dtype)
+        chunk = check_action_chunk((yield policy, observation), action_dim, who).astype(dtype)
         # The chunk is executed whole, as VLA-Adapter and MergeVLA do on LIBERO; only our cap may cut it.
         chunk = chunk[: max_steps - steps]
         try:

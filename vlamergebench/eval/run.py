@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from vlamergebench.configs import from_mapping
-from vlamergebench.eval.runner import PhaseSummary, run_evaluations
+from vlamergebench.eval.runner import EXECUTORS, PhaseSummary, run_evaluations
+from vlamergebench.eval.shards import Shard
 from vlamergebench.eval.sources import merged_policies, merged_router
 from vlamergebench.eval.store import PROTOCOLS, ResultsStore, RunRecord, StorageRecord
 from vlamergebench.eval.work import Contender, Evaluation, Phase, RunOptions, TaskUnit
@@ -58,6 +59,10 @@ class RunConfig:
             :func:`perturbed_variants`): variant labels (``camera-L3-s0``), axis names (every level and seed
             of that axis), ``L<k>`` (every axis at level k, seed 0) or ``all``; empty: none.
         progress: Show progress bars.
+        shard: ``"i/N"``: run only shard i of N of the episode plan (:mod:`vlamergebench.eval.shards`).
+        executor: ``local`` (worker processes) or ``ray`` (Ray actors, ``workers`` of them).
+        ray_address: The Ray cluster to join; None: ``RAY_ADDRESS``, else a local one.
+        batch_envs: Simulators each worker steps side by side, one policy query per chunk for all of them.
         retry_errors: Also rerun stored episodes that ended in a simulator error.
     """
 
@@ -75,6 +80,10 @@ class RunConfig:
     image_size: int | None = None
     perturbations: tuple[str, ...] = ()
     progress: bool = True
+    shard: str | None = None
+    executor: str = "local"
+    ray_address: str | None = None
+    batch_envs: int = 1
     retry_errors: bool = False
 
     def __post_init__(self) -> None:
@@ -84,6 +93,12 @@ class RunConfig:
             raise ValueError(
                 f"RunConfig: episodes_per_task, workers >= 1 and seeds, routing non-empty: {self}"
             )
+        if self.shard is not None:
+            Shard.parse(self.shard)
+        if self.batch_envs < 1:
+            raise ValueError(f"--batch-envs must be >= 1, got {self.batch_envs}")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"--executor {self.executor!r}: expected one of {', '.join(EXECUTORS)}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "RunConfig") -> RunConfig:
@@ -313,6 +328,10 @@ def _run_command(config: RunConfig) -> list[PhaseSummary]:
         workers=config.workers,
         max_steps=config.max_steps,
         progress=config.progress,
+        executor=config.executor,
+        ray_address=config.ray_address,
+        shard=None if config.shard is None else Shard.parse(config.shard),
+        batch_envs=config.batch_envs,
         retry_errors=config.retry_errors,
     )
     evaluations = []

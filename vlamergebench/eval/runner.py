@@ -14,36 +14,44 @@ work items and evaluations, so a task is built once per process, not once per ph
 faulted is closed and rebuilt. Contenders (policies, routers) are cached the same way. Work goes
 preferably to the process that already holds the item's simulator.
 
-Parallelism: ``workers > 1`` starts that many spawned processes (:mod:`vlamergebench.eval.workers`) for all
-the evaluations at once; the parent alone writes the store. ``workers == 1`` runs in this process. The work
-types both sides share live in :mod:`vlamergebench.eval.work`.
+Parallelism: the *executor* runs the work items and hands each finished record back to this process, which
+alone writes the store. ``local`` with ``workers > 1`` starts that many spawned processes
+(:mod:`vlamergebench.eval.workers`) for all the evaluations at once, ``workers == 1`` runs in this process;
+``ray`` runs ``workers`` Ray actors on a Ray cluster (:mod:`vlamergebench.eval.ray_executor`).
+
+Shards: with ``RunOptions.shard`` only that slice of the episode plan runs (:mod:`vlamergebench.eval.shards`).
+The work types the runner and every executor share live in :mod:`vlamergebench.eval.work`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from vlamergebench.eval.shards import plan_document, record_shard, shard_pairs
 from vlamergebench.eval.store import EpisodeRecord, ResultsStore, RunRecord
 from vlamergebench.eval.work import (
     Contender,
     EpisodeJob,
     Evaluation,
     Phase,
-    Resources,
     RunOptions,
     WorkItem,
     run_item,
+    worker_resources,
 )
 from vlamergebench.eval.workers import run_in_workers
 from vlamergebench.provenance import git_revision, package_versions
 
 logger = logging.getLogger(__name__)
+
+# Engines that run work items; the process calling run_evaluations writes the store under every one.
+EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -60,9 +68,13 @@ class PhaseSummary:
 
 
 def plan(
-    evaluation: Evaluation, job: EpisodeJob, finished: Mapping[tuple[Any, ...], Any], workers: int
+    evaluation: Evaluation,
+    job: EpisodeJob,
+    finished: Mapping[tuple[Any, ...], Any],
+    workers: int,
+    keep: set[tuple[Any, ...]] | None = None,
 ) -> list[WorkItem]:
-    """Work items of the episodes of ``evaluation`` not in ``finished``.
+    """Work items of the episodes of ``evaluation`` not in ``finished`` (and in ``keep``, when given).
 
     A unit is split into contiguous slices of episodes when there are more workers than units with pending
     episodes, so that every worker has something to do.
@@ -75,6 +87,7 @@ def plan(
             for k in range(phase.episodes_per_task)
             if (run_id, phase.admission_step, unit.skill, unit.env_id, unit.variant, unit.task, k)
             not in finished
+            and (keep is None or ((unit.skill, unit.env_id, unit.variant, unit.task), k) in keep)
         )
         if indices:
             pending.append((unit, indices))
@@ -114,6 +127,10 @@ class _Progress:
 def _check(evaluations: Sequence[Evaluation], options: RunOptions) -> None:
     if options.workers < 1:
         raise ValueError(f"RunOptions.workers must be >= 1, got {options.workers}")
+    if options.batch_envs < 1:
+        raise ValueError(f"RunOptions.batch_envs must be >= 1, got {options.batch_envs}")
+    if options.executor not in EXECUTORS:
+        raise ValueError(f"RunOptions.executor must be one of {EXECUTORS}, got {options.executor!r}")
     seen = set()
     for evaluation in evaluations:
         run, phase = evaluation.run, evaluation.phase
@@ -143,6 +160,11 @@ def run_evaluations(
     for evaluation in evaluations:
         store.register_run(evaluation.run)
     versions, git_rev = package_versions(), git_revision()
+    keep = None
+    if options.shard is not None:
+        episode_plan = plan_document(evaluations)
+        keep = shard_pairs(episode_plan, options.shard)
+        record_shard(store.path, episode_plan, options.shard)
     counts: dict[tuple[str, int], dict[str, int]] = {}
     items, total, resumed = [], 0, []
     for evaluation in evaluations:
@@ -150,18 +172,19 @@ def run_evaluations(
         if evaluation.code_version is not None:
             store.check_method_code(run.run_id, evaluation.code_version)
         finished = store.finished_episodes(run.run_id, options.retry_errors)
-        mine = [finished[key] for key in evaluation.episode_keys() if key in finished]
+        planned = [key for key in evaluation.episode_keys() if keep is None or (key[2:6], key[6]) in keep]
+        mine = [finished[key] for key in planned if key in finished]
         resumed += mine
         counts[(run.run_id, phase.admission_step)] = {
             "episodes": len(mine), "successes": sum(ok for ok, _ in mine),
             "errors": sum(failed for _, failed in mine), "ran": 0, "resumed": len(mine),
         }  # fmt: skip
-        total += len(evaluation.episode_keys())
+        total += len(planned)
         code = {} if evaluation.code_version is None else {"method_code": evaluation.code_version}
         job = EpisodeJob(
             run.run_id, run.run_seed, phase.admission_step, options.max_steps, {**versions, **code}, git_rev
         )
-        items += plan(evaluation, job, finished, options.workers)
+        items += plan(evaluation, job, finished, options.workers, keep)
     progress = _Progress(total, len(resumed), sum(ok for ok, _ in resumed), sum(f for _, f in resumed), label,
                          options.progress)  # fmt: skip
 
@@ -178,20 +201,37 @@ def run_evaluations(
         count["errors"] += int(record.error is not None)
 
     try:
-        if items and options.workers == 1:
-            resources = Resources(options.envs_per_worker, options.contenders_per_worker)
-            try:  # one simulator serves every evaluation of its task before the next is built
-                for item in sorted(items, key=lambda item: item.unit.env_key):
-                    for kind, payload in run_item(item, resources):
-                        if kind == "episode":
-                            commit(payload)
-            finally:
-                resources.close()
-        elif items:
-            run_in_workers(items, options, commit)
+        if items:
+            execute(items, options, commit)
     finally:
         progress.bar.close()
     return [PhaseSummary(run_id, step, **count) for (run_id, step), count in counts.items()]
+
+
+def run_inline(
+    items: Sequence[WorkItem], options: RunOptions, commit: Callable[[EpisodeRecord], None]
+) -> None:
+    """The in-process executor: run ``items`` here, one after another."""
+    resources = worker_resources(options)
+    try:  # one simulator serves every evaluation of its task before the next is built
+        for item in sorted(items, key=lambda item: item.unit.env_key):
+            for kind, payload in run_item(item, resources, options.batch_envs):
+                if kind == "episode":
+                    commit(payload)
+    finally:
+        resources.close()
+
+
+def execute(items: Sequence[WorkItem], options: RunOptions, commit: Callable[[EpisodeRecord], None]) -> None:
+    """Run ``items`` on the executor ``options`` names; ``commit`` is called in this process per episode."""
+    if options.executor == "ray":
+        from vlamergebench.eval.ray_executor import run_on_ray
+
+        run_on_ray(items, options, commit)
+    elif options.workers == 1:
+        run_inline(items, options, commit)
+    else:
+        run_in_workers(items, options, commit)
 
 
 def run_phase(

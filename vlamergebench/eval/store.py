@@ -112,6 +112,9 @@ def is_infrastructure_error(error: object) -> bool:
     )
 
 
+_TABLES = ("runs", "episodes", "storage")
+
+
 class StoreError(ValueError):
     """A results store is missing, of another schema, or contradicts what is being written into it."""
 
@@ -517,6 +520,22 @@ class ResultsStore:
         finally:
             target.close()
         return destination
+
+    def table_rows(self, table: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Column names and every row of ``table`` (``runs``, ``episodes`` or ``storage``), as stored."""
+        if table not in _TABLES:
+            raise StoreError(f"{self.path}: no table {table!r}; tables: {list(_TABLES)}")
+        cursor = self._db.execute(f"SELECT * FROM {table}")
+        return [column[0] for column in cursor.description], cursor.fetchall()
+
+    def insert_rows(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Insert rows copied from another store of this schema, in one transaction (a conflict raises)."""
+        if table not in _TABLES:
+            raise StoreError(f"{self.path}: no table {table!r}; tables: {list(_TABLES)}")
+        names, marks = ", ".join(columns), ", ".join("?" * len(columns))
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
 
     def check_integrity(self) -> None:
         """Run SQLite's integrity check; a damaged file raises :class:`StoreError`."""

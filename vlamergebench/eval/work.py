@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlamergebench.eval.policy import PolicySourceFactory, RouterFactory, check_policy_source, check_router
-from vlamergebench.eval.rollout import EpisodeOutcome, rollout
+from vlamergebench.eval.rollout import EpisodeOutcome, rollout, rollout_batch
+from vlamergebench.eval.shards import Shard
 from vlamergebench.eval.store import EpisodeRecord, RunRecord
 from vlamergebench.provenance import canonical_json, episode_seed
 
@@ -95,13 +96,18 @@ class RunOptions:
     """How to run (not part of a run's identity).
 
     Attributes:
-        workers: Worker processes; 1 runs in this process.
+        workers: Worker processes (``local``; 1 runs in this process) or Ray actors (``ray``).
         max_steps: Cap on primitive steps per episode; None takes the env spec's ``max_episode_steps``.
         threads_per_worker: torch/BLAS threads in each worker.
         progress: Show the tqdm progress bar.
         envs_per_worker: Simulators a process keeps built (LRU).
         contenders_per_worker: Contenders a process keeps built (LRU).
         retry_errors: Also rerun stored episodes that ended in an error (infrastructure errors always are).
+        executor: ``local`` or ``ray`` (the runner's ``EXECUTORS``).
+        ray_address: Address of the Ray cluster to join (``ray``); None: ``RAY_ADDRESS``, else a local one.
+        shard: Run only this slice of the episode plan; None runs all of it.
+        batch_envs: Simulators a worker steps side by side, with one policy query per chunk for all of them
+            (policies with ``predict_batch``; others run one episode at a time).
     """
 
     workers: int = 1
@@ -111,6 +117,10 @@ class RunOptions:
     envs_per_worker: int = 2
     contenders_per_worker: int = 2
     retry_errors: bool = False
+    executor: str = "local"
+    ray_address: str | None = None
+    shard: Shard | None = None
+    batch_envs: int = 1
 
 
 @dataclass(frozen=True)
@@ -178,9 +188,9 @@ class Resources:
         self._envs: OrderedDict[str, Any] = OrderedDict()
         self._contenders: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
 
-    def env(self, unit: TaskUnit) -> Any:
-        """The simulator of ``unit``, built on first use."""
-        key = unit.env_key
+    def env(self, unit: TaskUnit, slot: int = 0) -> Any:
+        """Simulator ``slot`` of ``unit`` (several run side by side when batching), built on first use."""
+        key = unit.env_key if slot == 0 else f"{unit.env_key}#{slot}"
         if key in self._envs:
             self._envs.move_to_end(key)
         else:
@@ -189,9 +199,9 @@ class Resources:
                 self._envs.popitem(last=False)[1].close()
         return self._envs[key]
 
-    def discard_env(self, unit: TaskUnit) -> None:
-        """Close and forget the simulator of ``unit`` (after a fault it may be left broken)."""
-        env = self._envs.pop(unit.env_key, None)
+    def discard_env(self, unit: TaskUnit, slot: int = 0) -> None:
+        """Close and forget simulator ``slot`` of ``unit`` (after a fault it may be left broken)."""
+        env = self._envs.pop(unit.env_key if slot == 0 else f"{unit.env_key}#{slot}", None)
         if env is not None:
             env.close()
 
@@ -212,10 +222,23 @@ class Resources:
             self._envs.popitem()[1].close()
 
 
-def run_item(item: WorkItem, resources: Resources) -> Iterator[tuple[str, Any]]:
-    """Run one work item, yielding ``("start", k)``, then ``("episode", record)``, per episode k."""
+def worker_resources(options: RunOptions) -> Resources:
+    """The caches of one worker: room for a batch of simulators besides the usual ones."""
+    return Resources(options.envs_per_worker + options.batch_envs - 1, options.contenders_per_worker)
+
+
+def run_item(item: WorkItem, resources: Resources, batch: int = 1) -> Iterator[tuple[str, Any]]:
+    """Run one work item, yielding ``("start", k)``, then ``("episode", record)``, per episode k.
+
+    With ``batch > 1`` and a policy that has ``predict_batch``, episodes run ``batch`` at a time on as many
+    simulators, with one policy query per chunk for all of them
+    (:func:`~vlamergebench.eval.rollout.rollout_batch`).
+    """
     unit, job = item.unit, item.job
     source, router = resources.contender(item.contender)
+    if batch > 1 and hasattr(source.policy(unit.skill), "predict_batch"):
+        yield from _run_batched(item, resources, source, router, batch)
+        return
     for k in item.episode_indices:
         env = resources.env(unit)
         max_steps = job.max_steps or (env.spec.max_episode_steps if env.spec else None)
@@ -227,6 +250,27 @@ def run_item(item: WorkItem, resources: Resources) -> Iterator[tuple[str, Any]]:
         yield "episode", episode_record(item, k, seed, out, os.getpid())
         if out.error is not None:  # the simulator may be left broken: build a fresh one
             resources.discard_env(unit)
+
+
+def _run_batched(
+    item: WorkItem, resources: Resources, source: Any, router: Any, batch: int
+) -> Iterator[tuple[str, Any]]:
+    unit, job = item.unit, item.job
+    for start in range(0, len(item.episode_indices), batch):
+        group = item.episode_indices[start : start + batch]
+        envs = [resources.env(unit, slot) for slot in range(len(group))]
+        max_steps = job.max_steps or (envs[0].spec.max_episode_steps if envs[0].spec else None)
+        if not max_steps:
+            raise ValueError(f"{unit.env_id}: no max_episode_steps in its spec; set RunOptions.max_steps")
+        for k in group:
+            yield "start", k
+        seeds = [episode_seed(job.run_seed, unit.skill, k) for k in group]
+        outcomes = rollout_batch(envs, source, router, skill=unit.skill, seeds=seeds, init_state_ids=group,
+                                 max_steps=max_steps)  # fmt: skip
+        for slot, (k, seed, out) in enumerate(zip(group, seeds, outcomes, strict=True)):
+            yield "episode", episode_record(item, k, seed, out, os.getpid())
+            if out.error is not None:
+                resources.discard_env(unit, slot)
 
 
 def episode_record(item: WorkItem, k: int, seed: int, out: EpisodeOutcome, pid: int) -> EpisodeRecord:

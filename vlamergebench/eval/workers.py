@@ -27,7 +27,7 @@ from typing import Any
 
 from vlamergebench.eval.rollout import EpisodeOutcome
 from vlamergebench.eval.store import INFRASTRUCTURE_ERROR, EpisodeRecord
-from vlamergebench.eval.work import Resources, RunOptions, WorkItem, episode_record, run_item
+from vlamergebench.eval.work import RunOptions, WorkItem, episode_record, run_item, worker_resources
 from vlamergebench.provenance import episode_seed
 
 _POLL_S = 0.5
@@ -51,14 +51,14 @@ def _die_with_parent(parent_pid: int) -> None:
 def _worker_main(worker_id: int, pipe: Any, options: RunOptions, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     os.environ["OMP_NUM_THREADS"] = str(options.threads_per_worker)
-    resources = Resources(options.envs_per_worker, options.contenders_per_worker)
+    resources = worker_resources(options)
     try:
         while True:
             pipe.send(("ready", None))
             item = pipe.recv()
             if item is None:
                 break
-            for message in run_item(item, resources):
+            for message in run_item(item, resources, options.batch_envs):
                 if "torch" in sys.modules:  # contenders import torch; keep it to the worker's share of cores
                     sys.modules["torch"].set_num_threads(options.threads_per_worker)
                 pipe.send(message)
