@@ -16,13 +16,12 @@ skill with ``vlamergebench run --method expert_bank --experts DIR``.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from vlamergebench.envs import LIBERO_SUITES
+from vlamergebench.experts.stages import StageLog
 
 
 @dataclass(frozen=True)
@@ -95,14 +94,7 @@ def build_default_experts(
     out = Path(out)
     demos = out / "demos"
 
-    def stage(name: str, marker: Path, work: Callable[[], Any]) -> None:
-        """Run ``work`` unless ``marker`` (the file a finished stage leaves) exists."""
-        if marker.is_file():
-            log(f"{name}: done already ({marker})")
-            return
-        started = time.monotonic()
-        work()
-        log(f"{name}: {(time.monotonic() - started) / 60:.1f} min -> {marker}")
+    stage = StageLog(out, log).run
 
     for (suite, task_id), episodes in demo_plan().items():
         path = demo_path(demos, suite, task_id)

@@ -31,7 +31,6 @@ exists and resumes when interrupted (expect several CPU-hours on 2 cores; each s
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from vlamergebench.envs import LIBERO_SUITES
+from vlamergebench.experts.stages import StageLog
 
 
 @dataclass(frozen=True)
@@ -142,32 +142,6 @@ def _collect_one(suite: str, task_id: int, attempts: int, demos: str) -> tuple[s
     result = collect_demos(config, progress=False)
     summary = f"{result.successes}/{len(result.episodes)} scripted successes"
     return summary, time.monotonic() - started
-
-
-class StageLog:
-    """Runs named stages once (a stage is done when its marker file exists) and logs each one's time."""
-
-    def __init__(self, out: Path, log: Callable[[str], None]) -> None:
-        self.path = out / "build_log.jsonl"
-        self.log = log
-
-    def run(self, name: str, marker: Path, work: Callable[[], Any]) -> None:
-        """Run ``work`` unless ``marker`` exists; append ``{stage, seconds}`` to the build log."""
-        if marker.is_file():
-            self.log(f"{name}: done already ({marker})")
-            return
-        started = time.monotonic()
-        work()
-        self.record(name, time.monotonic() - started, f"-> {marker}")
-
-    def record(self, name: str, seconds: float, detail: str = "") -> None:
-        """Log one finished stage and append it to ``build_log.jsonl``."""
-        self.log(f"{name}: {seconds / 60:.1f} min {detail}".rstrip())
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as file:
-            file.write(
-                json.dumps({"stage": name, "seconds": round(seconds, 1), "finished": time.time()}) + "\n"
-            )
 
 
 def needed_demos(out: Path) -> dict[tuple[str, int], int]:
