@@ -289,6 +289,24 @@ def resolve_store_path(path: str | os.PathLike[str]) -> Path:
     return path if path.suffix in (".sqlite", ".db") else path / STORE_FILE
 
 
+def _switch_to_wal(db: sqlite3.Connection, deadline: float) -> None:
+    """``PRAGMA journal_mode = WAL``, retried while another process holds the lock.
+
+    SQLite answers a journal-mode switch that meets a concurrent opener with "database is locked" at once,
+    without its busy timeout (seen with 12 processes creating one store on a loaded machine).
+    """
+    delay = 0.01
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
 class ResultsStore:
     """A results store file; use as a context manager or call :meth:`close`."""
 
@@ -314,7 +332,7 @@ class ResultsStore:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(db, deadline=time.monotonic() + 30)
             # NORMAL in WAL mode survives a killed process (the OS has every committed frame); only a power
             # cut may drop the last commits, which a resume then reruns.
             db.execute("PRAGMA synchronous = NORMAL")
