@@ -372,7 +372,11 @@ class MergedModel:
     def method(self) -> MergeMethod:
         """The method object rebuilt from the recorded name and config."""
         if self._method is None:
-            self._method = make_method(self.method_name, **self.config)
+            from vlamergebench.plugins import recorded_method
+
+            # The name comes from a file: made only if this process trusts it (vlamergebench/plugins.py).
+            name = recorded_method(self.manifest, str(self.path / MERGED_FILE))
+            self._method = make_method(name, **self.config)
         return self._method
 
     def instantiate(self, skill: str) -> SkillWeights:
@@ -416,7 +420,7 @@ class MergeMethod(ABC):
 
     def _finish(self, work: AtomicDirectory, experts: ExpertSet, state: Mapping[str, Any]) -> MergedModel:
         """Write per-skill norm stats, ``merged.json`` and ``storage.json``, then commit the directory."""
-        from vlamergebench.merge_methods.registry import METHODS
+        from vlamergebench.plugins import method_metadata, method_source
 
         for index, expert in enumerate(experts.experts):
             source = experts.base if self.norm_stats_from_base else expert
@@ -432,7 +436,8 @@ class MergeMethod(ABC):
                 "kind": self.kind,
                 "config": self.config.to_dict(),
                 "config_hash": self.config.hash(self.name),
-                "router": METHODS.spec(self.name).metadata.get("router"),
+                "method_source": method_source(self.name),
+                "router": method_metadata(self.name)["router"],
                 "expert_set": {"id": experts.id, "name": experts.name, "path": str(experts.path.resolve())},
                 "base": {"path": str(experts.base.path.resolve()), "base_id": experts.base.base_id},
                 "skills": experts.skills,
@@ -568,11 +573,15 @@ def prefix(experts: ExpertSet, count: int) -> ExpertSet:
 
 
 def make_method(name: str, **overrides: Any) -> MergeMethod:
-    """Build the registered method ``name`` with config ``overrides`` laid over its registered defaults."""
-    from vlamergebench.merge_methods.registry import METHODS
+    """Build method ``name`` with config ``overrides`` laid over its registered defaults.
 
-    spec = METHODS.spec(name)
-    method_class = METHODS.load(name)
+    ``name`` is a registered name, an installed plug-in's, or an import path ``package.module:Name`` (which
+    the caller vouches for: see ``vlamergebench/plugins.py``).
+    """
+    from vlamergebench.plugins import load_method_class, resolve_method
+
+    spec = resolve_method(name)
+    method_class = load_method_class(name)
     config = method_class.config_class.from_dict({**spec.kwargs, **overrides})
     return method_class(name, config)
 

@@ -7,15 +7,17 @@ instantiating needs the skill for its *weights*; every method selects per-skill 
 ``router`` (its own router, or None: run it with ``oracle`` or a named router), ``kind`` (``one_shot`` or
 ``continual``) and ``stores`` (what its merged directory holds at inference). A variant that differs only in
 defaults is a second registration with ``kwargs``, never a second file. Build a method with
-``base.make_method(name, **overrides)``.
+``base.make_method(name, **overrides)``. Installed plug-ins and ``package.module:Name`` import paths join
+these entries through ``vlamergebench/plugins.py``.
 """
 
 from __future__ import annotations
 
 from vlamergebench.registry import Registry
 
-METHODS = Registry("merge method")
-ROUTERS = Registry("router")
+# Installed packages add entries through these entry-point groups (vlamergebench/plugins.py).
+METHODS = Registry("merge method", entry_point_group="vlamergebench.merge_methods")
+ROUTERS = Registry("router", entry_point_group="vlamergebench.routers")
 
 _PACKAGE = "vlamergebench.merge_methods"
 _TA = ("Editing Models with Task Arithmetic", "2212.04089")

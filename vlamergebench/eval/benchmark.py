@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 # The embedded default expert set ships inside the package (trained by the project's own pipeline).
 DEFAULT_EXPERTS = Path(__file__).resolve().parents[1] / "default_experts"
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ class BenchmarkConfig:
             :func:`perturbed_variants`): variant labels (``camera-L3-s0``), axis names (every level and seed
             of that axis), ``L<k>`` (every axis at level k, seed 0) or ``all``; empty: none.
         progress: Show progress bars.
+        tokenizer_dir: Local directory of the tokenizer files, for presets with a file-based tokenizer.
+        device: Torch device the policies run on in each worker (``cpu``, ``cuda``, ``cuda:1``).
+        dtype: The policies' compute dtype (``float32``; ``bfloat16`` on a GPU).
     """
 
     method: str
@@ -80,6 +85,9 @@ class BenchmarkConfig:
     image_size: int | None = None
     perturbations: tuple[str, ...] = ()
     progress: bool = True
+    tokenizer_dir: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.protocol is not None and self.protocol not in PROTOCOLS:
@@ -90,6 +98,10 @@ class BenchmarkConfig:
             raise ValueError(
                 f"BenchmarkConfig: episodes_per_task, workers >= 1 and seeds, routing non-empty: {self}"
             )
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.tokenizer_dir is not None and not Path(self.tokenizer_dir).is_dir():
+            raise ValueError(f"--tokenizer-dir {self.tokenizer_dir}: not a directory")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BenchmarkConfig:
@@ -209,7 +221,7 @@ def _merged(method: Any, experts: Any, directory: Path, progress: bool) -> Any:
 
     if (directory / "merged.json").is_file():
         model = MergedModel.open(directory)
-        if model.config_hash == method.config.hash(method.name) and model.expert_set_id == experts.id:
+        if _same_merge(model, method, experts):
             return model
         logger.info("%s holds another merge; rewriting it", directory)
     return method.merge(experts, directory, overwrite=True, progress=progress)
@@ -231,7 +243,7 @@ def models_per_step(
     """``(admission step, merged model, extra stored bytes)`` for every phase of ``protocol``."""
     from vlamergebench.merge_methods.base import prefix
 
-    name = f"{method.name}-{method.config.hash(method.name)}"
+    name = f"{path_safe(method.name)}-{method.config.hash(method.name)}"
     total = len(experts.experts)
     if protocol == "one_shot":
         return [(total, _merged(method, experts, out / "merged" / name, progress), 0)]
@@ -259,8 +271,19 @@ def _reuse(directory: Path, method: Any, seen: Any) -> Any:
     if not (directory / "merged.json").is_file():
         return None
     model = MergedModel.open(directory)
-    same = model.config_hash == method.config.hash(method.name) and model.expert_set_id == seen.id
-    return model if same else None
+    return model if _same_merge(model, method, seen) else None
+
+
+def _same_merge(model: Any, method: Any, experts: Any) -> bool:
+    """Whether ``model`` is what ``method`` would write for ``experts`` (same config, set and method code)."""
+    from vlamergebench.plugins import method_source
+
+    recorded = model.manifest.get("method_source")
+    return (
+        model.config_hash == method.config.hash(method.name)
+        and model.expert_set_id == experts.id
+        and (recorded is None or recorded == method_source(method.name))
+    )
 
 
 def storage_record(run_id: str, step: int, model: Any, kept_bytes: int) -> StorageRecord:
@@ -286,7 +309,8 @@ def run_benchmark(config: BenchmarkConfig) -> list[PhaseSummary]:
         One summary per evaluation (run x admission step).
     """
     from vlamergebench.merge_methods.base import make_method
-    from vlamergebench.merge_methods.registry import METHODS, ROUTERS
+    from vlamergebench.merge_methods.registry import ROUTERS
+    from vlamergebench.plugins import method_metadata
     from vlamergebench.policies.checkpoint import ExpertSet
 
     experts_dir = Path(config.experts) if config.experts else DEFAULT_EXPERTS
@@ -295,7 +319,7 @@ def run_benchmark(config: BenchmarkConfig) -> list[PhaseSummary]:
     experts = ExpertSet.open(experts_dir)
     method = make_method(config.method, **dict(config.method_config))
     protocol = config.protocol or method.kind
-    own_router = METHODS.spec(config.method).metadata.get("router")
+    own_router = method_metadata(config.method)["router"]
     for mode in config.routing:
         if mode == "method" and own_router is None:
             raise ValueError(
@@ -322,21 +346,43 @@ def run_benchmark(config: BenchmarkConfig) -> list[PhaseSummary]:
                     routing_mode=mode if mode in ("oracle", "method") else "named",
                     router=router,
                     run_seed=seed,
-                    settings={"max_steps": config.max_steps, "image_size": image_size},
+                    settings=run_settings(config, image_size),
                 )
                 store.register_run(run)
                 for step, model, kept in models:
                     store.add_storage(storage_record(run.run_id, step, model, kept))
                     phase_units = tuple(u for u in units if u.skill in experts.skills[:step])
                     if phase_units:
-                        factory = None if router is None else merged_router(model.path, router)
-                        contender = Contender(merged_policies(model.path), factory)
+                        factory = None
+                        if router is not None:
+                            factory = merged_router(model.path, router, config.method, config.tokenizer_dir)
+                        policies = merged_policies(
+                            model.path,
+                            config.method,
+                            tokenizer_dir=config.tokenizer_dir,
+                            device=config.device,
+                            dtype=config.dtype,
+                        )
+                        contender = Contender(policies, factory)
                         evaluations.append(
                             Evaluation(run, Phase(step, phase_units, config.episodes_per_task), contender)
                         )
         return run_evaluations(store, evaluations, options, label=f"{config.method} ({protocol})")
 
 
+def run_settings(config: BenchmarkConfig, image_size: int) -> dict[str, Any]:
+    """Settings that are part of a run's identity; device and dtype only where not the CPU float32 default."""
+    settings: dict[str, Any] = {"max_steps": config.max_steps, "image_size": image_size}
+    if (config.device, config.dtype) != ("cpu", "float32"):
+        settings.update(device=config.device, dtype=config.dtype)
+    return settings
+
+
+def path_safe(name: str) -> str:
+    """``name`` with characters other than letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``."""
+    return re.sub(r"[^\w.-]", "_", name)
+
+
 def default_out(method: str) -> str:
-    """``runs/<method>``: the output directory when none is given."""
-    return os.path.join("runs", method)
+    """``runs/<method>``: the output directory when none is given (an import path's ``:`` becomes ``_``)."""
+    return os.path.join("runs", path_safe(method))
