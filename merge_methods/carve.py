@@ -23,6 +23,11 @@ Consequences the tests check: a_1 = 1 and an empty core give core = tau_1 and r_
 core alone); a rank-r residual's error is the tail of its singular values (Eckart-Young). Residuals are never
 updated, so later core drift is what moves earlier skills (backward transfer).
 
+The action expert: CARVE's code merges only the VLM (it has no action head). ``action_expert = "core"`` (the
+``carve`` entry) is this project's extrapolation: the head joins the core and residuals like any other
+tensor. ``action_expert = "own"`` (``carve_vlm``) is CARVE as published: the VLM through core + residuals and
+each skill's own action expert kept whole (its bytes counted in storage).
+
 State between admissions (and what storage counts): the dense core, every admitted skill's residual factors,
 group norms and norm stats, and its instructions (the text router's data, in ``merged.json``). The text router
 (``carve_text``) embeds instructions with the theta_0 + core LLM; its keys are computed from that state when
@@ -50,6 +55,7 @@ from vlamergebench.merge_methods.base import (
     MergedModel,
     MethodConfig,
     check_choice,
+    copy_action_expert,
     read_all,
     skill_dir,
 )
@@ -76,6 +82,8 @@ class CarveConfig(MethodConfig):
         use_beta: Apply the per-group beta (True, CARVE); False uses beta = 1.
         seed: Seed of the randomised SVD sketches (with skill and tensor name).
         task_vectors: Where tau comes from: "lora" (factors) or "dense" (folded weights minus the base).
+        action_expert: "core" (the head merged like the VLM; our extrapolation) or "own" (each skill keeps
+            its own action expert, CARVE's code merging the VLM only).
     """
 
     rate: str = "inv_sqrt"
@@ -88,9 +96,11 @@ class CarveConfig(MethodConfig):
     use_beta: bool = True
     seed: int = 0
     task_vectors: str = "lora"
+    action_expert: str = "core"
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
+        check_choice(owner, "action_expert", self.action_expert, ("core", "own"))
         check_choice(owner, "rate", self.rate, ("inv_sqrt", "inv_t"))
         check_choice(owner, "residual_dtype", self.residual_dtype, tuple(_DTYPES))
         check_choice(owner, "task_vectors", self.task_vectors, ("lora", "dense"))
@@ -146,7 +156,11 @@ class Carve(ContinualMethod):
         policy = seen.base.config["policy"]
         rank = config.rank or max(1, round(64 * int(policy["llm"]["hidden_size"]) / 896))
         earlier = set(previous.tensor_file(CORE_FILE).names) if previous else set()
-        names = [n for n in vlm.names if view.is_target(n) or n in earlier] + head.names
+        names = [n for n in vlm.names if view.is_target(n) or n in earlier]
+        if config.action_expert == "core":
+            names += head.names
+        else:
+            copy_action_expert(work.file(f"{skill_dir(count - 1)}/{ACTION_EXPERT_FILE}"), view, head.names)
         source = {n: (vlm if n in vlm else head) for n in names}
         residuals: dict[str, torch.Tensor] = {}
         task_norms: dict[str, float] = {}
@@ -177,10 +191,12 @@ class Carve(ContinualMethod):
         save_file(residuals, str(work.file(f"{skill_dir(count - 1)}/{RESIDUAL_FILE}")))
         group_norms = dict(previous.state["task_norms"]) if previous else {}
         group_norms[view.skill] = {g: math.sqrt(v) for g, v in task_norms.items()}
+        kept = (RESIDUAL_FILE,) if config.action_expert == "core" else (RESIDUAL_FILE, ACTION_EXPERT_FILE)
         if previous is not None:
             for index in range(count - 1):
-                relative = f"{skill_dir(index)}/{RESIDUAL_FILE}"
-                work.file(relative).write_bytes((previous.path / relative).read_bytes())
+                for file in kept:
+                    relative = f"{skill_dir(index)}/{file}"
+                    work.file(relative).write_bytes((previous.path / relative).read_bytes())
         return {
             "rank": rank,
             "admitted": count,
@@ -226,4 +242,7 @@ class Carve(ContinualMethod):
                 }
                 value = value + expand(stored, weight.shape)
             tensors[name] = value.to(weight.dtype)
+        if skill is not None and self.config.action_expert == "own":  # type: ignore[attr-defined]
+            own = f"{skill_dir(model.skill_index(skill))}/{ACTION_EXPERT_FILE}"
+            tensors.update(read_all(model.tensor_file(own)))
         return tensors

@@ -157,7 +157,7 @@ _method(
     "robustmerge_paper",
     "robustmerge:RobustMerge",
     _ROBUST,
-    kwargs={"variant": "paper", "weight": 1.0},
+    kwargs={"variant": "paper", "weight": 2.0},
     needs_task_identity=False,
     router=None,
     stores=_ONE_MODEL,
@@ -188,6 +188,16 @@ _method(
     router="carve_text",
     kind="continual",
     stores="base + dense core + per-skill low-rank residuals + per-group norms + text router keys",
+)
+_method(
+    "carve_vlm",
+    "carve:Carve",
+    _CARVE,
+    kwargs={"action_expert": "own"},
+    needs_task_identity=True,
+    router="carve_text",
+    kind="continual",
+    stores="base + dense VLM core + per-skill VLM residuals + per-skill whole action experts + router keys",
 )
 
 ROUTERS.register(

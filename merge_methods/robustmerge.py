@@ -15,15 +15,20 @@ name* (the code pairs them by dict iteration order)::
     B*[:, j] = weight * sum_t s_tj B~_t[:, j] / sum_t s_tj
     W = W_0 + (alpha / rank) * B* @ A*            (the merged LoRA is stored unfused)
 
-``variant = "paper"`` (``robustmerge_paper``): our reading of the paper's equations as the research notes
-describe
-them (section 2.12; the equations were not re-checked against the PDF): the same pruning and ratios rho, *no*
-floor, coefficients normalised across tasks, and the merge done on dense products:
-``W = W_0 + weight * (alpha / rank) * sum_t B~_t diag(rho_t / sum_u rho_u) A~_t``, stored as one dense model.
+``variant = "paper"`` (``robustmerge_paper``), the paper's merge (its section on cross-task normalisation):
+the same pruning and ratios rho, *no* floor, coefficients normalised across tasks, and the product of the
+summed factors::
+
+    S~_t = diag(rho_t / sum_u rho_u)
+    Delta W = lambda * (alpha / rank) * (sum_t B~_t S~_t) @ (sum_t A~_t)      (lambda = weight = 2)
+
+stored as one dense model. The code variant is the same product with the floor on rho and ``weight`` applied
+to *both* factors, so its weight change scales with ``weight ** 2`` (4x at the code's 2.0), where the paper's
+lambda scales it once.
 
 Defaults (code): ``keep_fraction = 0.2`` (``mask_ratio`` 0.2, used as the *kept* share), ``floor_rank = 0.8``
 (``att_ratio`` 0.2), ``weight = 2.0`` (fuse weight; issue #8: "empirically set without specific search"); the
-paper variant registers ``weight = 1.0``. Non-LoRA trainables (our action expert) are averaged with 1/T, as
+paper variant registers lambda = 2 as well. Non-LoRA trainables (our action expert) are averaged with 1/T, as
 the code averages ``non_lora_trainables``. Deviations: the cutoff tie rule of ``ops.py`` (the code's
 ``kthvalue`` keeps one more entry); a rank row that pruning empties gets rho = 1 before the floor (the code
 divides by 0). All experts must share one rank and one alpha (factors are merged entry by entry).
@@ -118,18 +123,16 @@ def merge_factors(
 def paper_delta(
     factors: list[tuple[torch.Tensor, torch.Tensor]], scale: float, config: RobustMergeConfig
 ) -> torch.Tensor:
-    """The paper variant on one module: dense ``w s sum_t B~_t diag(rho_t / sum_u rho_u) A~_t``."""
+    """The paper variant on one module: dense ``lambda s (sum_t B~_t S~_t) (sum_t A~_t)``."""
     pruned = [
         (ops.trim_to_top_fraction(a, config.keep_fraction), ops.trim_to_top_fraction(b, config.keep_fraction))
         for a, b in factors
     ]
     ratios = [rank_ratios(a, pruned_a) for (a, _), (pruned_a, _) in zip(factors, pruned, strict=True)]
     total = sum(ratios)
-    delta = sum(
-        (pruned_b * (rho / total)) @ pruned_a
-        for (pruned_a, pruned_b), rho in zip(pruned, ratios, strict=True)
-    )
-    return delta * (config.weight * scale)  # type: ignore[operator]
+    summed_b = sum(pruned_b * (rho / total) for (_, pruned_b), rho in zip(pruned, ratios, strict=True))
+    summed_a = sum(pruned_a for pruned_a, _ in pruned)
+    return (summed_b @ summed_a) * (config.weight * scale)  # type: ignore[operator]
 
 
 class RobustMerge(OneShotMethod):

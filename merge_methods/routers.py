@@ -11,11 +11,12 @@ go to the skill that comes first in the expert set.
 - ``instruction_lookup``: exact (case- and space-normalised) match of the instruction against each skill's
   training instructions; a perfect router on unperturbed LIBERO, and a useful control.
 - ``mergevla_value_subspace`` (MergeVLA, arXiv:2511.18810): candidate m runs *its own* instantiated policy and
-  scores ``s_m = (mean_tokens ||R_m,a h_a|| + mean_tokens ||R_m,t h_t||) / 2`` on the final-layer LLM states
-  of the action queries (h_a, without the proprio token) and the image tokens (h_t), with R the top-k right
-  singular vectors of the last shared block's ``v_adapter`` / ``v_task`` weights (stored by ``mergevla``,
-  else computed from each skill's instantiated head). Cost: M policy forwards per episode. Upstream routes
-  once per suite; we route per episode.
+  scores ``s_m = (mean_tokens ||R_m,a h_a|| + mean_tokens ||R_m,t h_t||) / 2`` on the LLM states of the
+  action queries (h_a, without the proprio token) and the image tokens (h_t) at the layer the first
+  per-expert head block consumes (layer L + 1 - depth of L, the final layer for depth 1, as upstream), with R
+  the top-k right singular vectors of the last shared block's ``v_adapter`` / ``v_task`` weights (stored by
+  ``mergevla``, else computed from each skill's instantiated head). Cost: M policy forwards per episode.
+  Upstream routes once per suite; we route per episode.
 - ``carve_text`` (CARVE): cosine similarity between the L2-normalised mean-pooled final-layer LLM embedding of
   the episode instruction and each skill's key, the normalised mean of its training instructions' embeddings,
   both through the probe LLM (``theta_0 + core`` for CARVE, the base LLM for other methods). We embed the
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 from vlamergebench.merge_methods.base import MergedModel
-from vlamergebench.policies.checkpoint import VLM_FILE
+from vlamergebench.policies.checkpoint import ACTION_EXPERT_FILE, VLM_FILE
 
 
 @dataclass(frozen=True)
@@ -141,19 +142,24 @@ class ValueSubspaceRouter(Router):
         self.model, self.tokenizer_dir = model, tokenizer_dir
         self._policies: dict[str, Any] = {}
         self.keys: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        from vlamergebench.merge_methods.mergevla import split_action_expert, value_subspace_keys
+
+        depth = int(
+            model.config.get("expert_head_depth") or model.policy_config["action_expert"]["expert_head_depth"]
+        )
+        names = [n for n in model.base_file(ACTION_EXPERT_FILE).names if n.startswith("action_head.")]
+        _, _, last_shared = split_action_expert(names, depth)
+        # Hidden-state entry i feeds head block i: score the states the first per-expert block reads.
+        self.state_index = last_shared + 1
         if (model.path / "router.safetensors").is_file():
             stored = model.tensor_file("router.safetensors")
             for index, skill in enumerate(self.skills):
                 self.keys[skill] = (stored.read(f"{index:02d}.v_adapter"), stored.read(f"{index:02d}.v_task"))
         else:
-            from vlamergebench.merge_methods.mergevla import split_action_expert, value_subspace_keys
-
-            head = model.policy_config["action_expert"]
             rank = int(model.config.get("router_rank", 8))
             for skill in self.skills:
                 tensors = model.instantiate(skill).tensors
-                names = [n for n in tensors if n.startswith("action_head.")]
-                _, _, block = split_action_expert(names, int(head["expert_head_depth"]))
+                block = last_shared
                 self.keys[skill] = tuple(  # type: ignore[assignment]
                     value_subspace_keys(tensors[f"action_head.blocks.{block}.{b}.weight"], rank)
                     for b in ("v_adapter", "v_task")
@@ -173,7 +179,7 @@ class ValueSubspaceRouter(Router):
             states = self.candidate(skill).hidden_states([observation])
             keys_adapter, keys_task = self.keys[skill]
             result[skill] = value_subspace_score(
-                keys_adapter, keys_task, states.action[0, -1], states.task[0, -1]
+                keys_adapter, keys_task, states.action[0, self.state_index], states.task[0, self.state_index]
             )
         return result
 

@@ -521,38 +521,16 @@ def small_config() -> VLAConfig:
     of width 96 (blocks 0-2 used) at 84 px, 16 action queries, and LoRA rank 8 (alpha 16, alpha = 2r; r /
     width is 6%, upstream's 64 / 896 is 7%) on the layers on the forward path only.
     """
-    tower = {"width": 96, "depth": 4, "num_heads": 4, "mlp_dim": 384, "patch_size": 14}
-    return VLAConfig(
+    tiny = tiny_config()
+    tower = {"width": 96, "depth": 4, "mlp_dim": 384}
+    return dataclasses.replace(
+        tiny,
         name="small",
-        vision=VisionConfig(
-            featurizer=ViTConfig(
-                **tower,
-                num_registers=4,
-                class_token=True,
-                layer_scale=True,
-                activation="gelu",
-                mean=DINO_MEAN,
-                std=DINO_STD,
-            ),
-            fused_featurizer=ViTConfig(
-                **tower, attention_pool=True, activation="gelu_tanh", mean=SIGLIP_MEAN, std=SIGLIP_STD
-            ),
-            image_size=84,
+        vision=dataclasses.replace(
+            tiny.vision,
+            featurizer=dataclasses.replace(tiny.vision.featurizer, **tower),
+            fused_featurizer=dataclasses.replace(tiny.vision.fused_featurizer, **tower),
         ),
-        llm=LLMConfig(
-            hidden_size=128,
-            num_layers=8,
-            num_heads=4,
-            num_kv_heads=2,
-            intermediate_size=384,
-            vocab_size=2048,
-            rope_theta=10000.0,
-            max_position_embeddings=1024,
-            tokenizer="hashed_words",
-            prompt_template="what action should the robot take to {instruction}?",
-            stop_token_id=2,
-        ),
-        action_expert=ActionExpertConfig(variant="mergevla", gate="sigmoid", expert_head_depth=1),
+        llm=dataclasses.replace(tiny.llm, num_layers=8),
         lora=LoRASettings(rank=8, alpha=16.0, targets="forward-linear"),
-        num_action_queries=16,
     )

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from vlamergebench.merge_methods import ops
 from vlamergebench.merge_methods.base import make_method
-from vlamergebench.merge_methods.robustmerge import RobustMergeConfig, merge_factors
+from vlamergebench.merge_methods.robustmerge import RobustMergeConfig, merge_factors, paper_delta
 
 torch.set_num_threads(1)
 Q_PROJ = "llm.layers.0.self_attn.q_proj"
@@ -142,6 +142,18 @@ def test_robustmerge_code_variant_by_hand(tmp_path, builders):
     )  # lora scale 2, weight 2 on A and B
 
 
+def test_robustmerge_paper_variant_is_lambda_times_summed_b_s_times_summed_a():
+    """arXiv 2502.17159: Delta W = lambda (sum_n B~_n S~_n)(sum_n A~_n), S~ normalised across tasks."""
+    config = RobustMergeConfig(variant="paper", keep_fraction=0.5, weight=2.0)
+    # rho1 = [1, 1.1] (A1 loses its 0.5), rho2 = [1, 1] -> S~1 = [1/2, 1.1/2.1], S~2 = [1/2, 1/2.1]
+    summed_b = B1 * torch.tensor([0.5, 1.1 / 2.1]) + B2 * torch.tensor([0.5, 1.0 / 2.1])
+    expected = 2.0 * 2.0 * summed_b @ A_STAR  # lambda 2, LoRA scale 2; A_STAR = A~1 + A~2
+    torch.testing.assert_close(paper_delta([(A1, B1), (A2, B2)], 2.0, config), expected)
+    a1 = A1 * (A1.abs() > 0.5)  # A~1
+    per_task = (B1 * torch.tensor([0.5, 1.1 / 2.1])) @ a1 + (B2 * torch.tensor([0.5, 1.0 / 2.1])) @ A2
+    assert not torch.allclose(expected, 4.0 * per_task)  # the earlier reading, a sum of per-task products
+
+
 def test_mergevla_masks_keep_exactly_the_formula(two, tmp_path):
     merged, weight, base = merged_q_proj("mergevla", two, tmp_path)
     # |T1| > 0.6 |T2| and |T2| > 0.6 |T1|, entry by entry:
@@ -216,6 +228,20 @@ def test_carve_by_hand(two, tmp_path):
     expected = base + beta["skill_1"] * core + (full(T2) - core)
     torch.testing.assert_close(second.instantiate("skill_1").tensors[W], expected)
     assert second.tensor_file("skills/00/residual.safetensors").read(W + ".raw").abs().sum() == 0
+
+
+def test_carve_vlm_keeps_each_skills_own_action_expert_and_merges_the_vlm_like_carve(two, tmp_path):
+    carve = make_method("carve", residual_dtype="float32").merge(two, tmp_path / "carve", progress=False)
+    vlm_only = make_method("carve_vlm", residual_dtype="float32").merge(two, tmp_path / "vlm", progress=False)
+    bank = make_method("expert_bank").merge(two, tmp_path / "bank", progress=False)
+    assert not any(n.startswith("action_head.") for n in vlm_only.tensor_file("core.safetensors").names)
+    for skill in two.skills:
+        ours, expert = vlm_only.instantiate(skill).tensors, bank.instantiate(skill).tensors
+        heads = [n for n in expert if n.startswith(("action_head.", "action_queries.", "proprio_projector."))]
+        assert heads and all(torch.equal(ours[n], expert[n]) for n in heads)  # the skill's own, bit for bit
+        torch.testing.assert_close(ours[W], carve.instantiate(skill).tensors[W])  # the VLM as CARVE's
+    stored = {f.path for f in vlm_only.storage.files}
+    assert {f"skills/{i:02d}/action_expert.safetensors" for i in range(len(two.skills))} <= stored
 
 
 def test_carve_rank_r_residual_error_is_the_spectral_tail(two, tmp_path):

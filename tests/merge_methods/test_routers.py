@@ -82,3 +82,20 @@ def test_carve_text_router_finds_each_training_instruction(tiny_set, tmp_path):
         instruction = merged.instructions(skill)[0]
         assert router.route(observation(instruction), true_skill=skill) == skill
         assert router.history[-1].scores[skill] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_value_subspace_router_reads_the_layer_the_first_expert_block_consumes(tiny_set, tmp_path, depth):
+    """Upstream scores the states its expert block consumes: layer L + 1 - depth (entry L - depth here)."""
+    merged = make_method("mergevla", expert_head_depth=depth).merge(tiny_set, tmp_path / "mv", progress=False)
+    router = merged.router()
+    layers = merged.policy_config["llm"]["num_layers"]
+    assert router.state_index == layers - depth
+    obs = observation("pick up the cream cheese and place it in the basket")
+    skill = tiny_set.skills[0]
+    states = router.candidate(skill).hidden_states([obs])
+    keys_adapter, keys_task = router.keys[skill]
+    expected = value_subspace_score(
+        keys_adapter, keys_task, states.action[0, layers - depth], states.task[0, layers - depth]
+    )
+    assert router.scores(obs, None)[skill] == pytest.approx(expected)

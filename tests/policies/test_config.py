@@ -69,7 +69,7 @@ def test_inconsistent_fields_raise_with_both_values():
 
 
 def test_unknown_preset_lists_known_ones():
-    with pytest.raises(KeyError, match="reference, tiny"):
+    with pytest.raises(KeyError, match="reference, small, tiny"):
         make_config("huge")
 
 

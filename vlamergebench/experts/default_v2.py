@@ -76,7 +76,7 @@ DEMO_IMAGE_SIZE = 128
 PRESET = "small"
 BASE_TRAIN = {
     "role": "base",
-    "steps": 4000,
+    "steps": 3000,
     "batch_size": 32,
     "learning_rate": 1e-3,
     "lr_schedule": "cosine",
