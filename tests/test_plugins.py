@@ -149,7 +149,7 @@ def test_import_path_method_merges_and_evaluates_only_when_named(expert_set, tmp
     assert json.loads((merged / "merged.json").read_text())["method"] == "mymerge:MeanTV"
 
     evaluate = ["eval", "--merged", str(merged), "--experts", str(expert_set), "--select", "object_0",
-                "--episodes", "2", "--max-steps", "4", "--workers", "2", "--out", str(tmp_path / "e"),
+                "--episodes", "1", "--max-steps", "4", "--workers", "1", "--out", str(tmp_path / "e"),
                 "--no-progress"]  # fmt: skip
     unnamed = cli(*evaluate, site=modules)
     assert unnamed.returncode == 1
@@ -160,7 +160,7 @@ def test_import_path_method_merges_and_evaluates_only_when_named(expert_set, tmp
     assert other.returncode == 1 and "is an import path" in other.stderr
     named = cli(*evaluate, "--method", "mymerge:MeanTV", site=modules)
     assert named.returncode == 0, named.stderr
-    assert "2 episodes (2 run now, 0 resumed)" in named.stdout
+    assert "1 episodes (1 run now, 0 resumed)" in named.stdout
 
 
 def test_a_file_never_names_code_to_import(expert_set, tmp_path, monkeypatch, capsys):

@@ -199,5 +199,6 @@ def config_fields(name: str) -> list[dict[str, Any]]:
         else:
             default = None
         default = list(default) if isinstance(default, tuple) else default
-        fields.append({"name": field.name, "type": str(field.type), "default": default})
+        kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+        fields.append({"name": field.name, "type": kind, "default": default})
     return fields

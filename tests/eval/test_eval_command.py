@@ -56,7 +56,7 @@ def test_eval_a_single_checkpoint(expert_set, tmp_path, capsys):
     with ResultsStore.open(tmp_path / "out", readonly=True) as store:
         runs, episodes = store.runs_frame(), store.episodes_frame()
     assert episodes["method"].tolist() == ["object_0"] and episodes["error"].isna().all()
-    assert runs["method_config"].astype(str).str.contains("checkpoint").all()
+    assert [json.loads(text)["evaluated"] for text in runs["method_config_json"]] == ["checkpoint"]
 
 
 @pytest.mark.parametrize(

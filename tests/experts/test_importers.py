@@ -30,6 +30,7 @@ def _upstream(name: str) -> str:
     """Our module/tensor name as the released HF VLA spells it (written out independently of the reader)."""
     for ours, theirs in (
         ("vision.featurizer.", "vision_backbone.featurizer."),
+        ("vision.fused_featurizer.", "vision_backbone.fused_featurizer."),
         ("llm.", "language_model.model."),
     ):
         if name.startswith(ours):
