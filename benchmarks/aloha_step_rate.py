@@ -20,10 +20,10 @@ import time
 
 import gymnasium as gym
 import numpy as np
-from vlamergebench.policies.scripted.aloha import AlohaScriptedExpert, collect_episode
 
 import vlamergebench.envs  # noqa: F401  (registers the ids)
 from vlamergebench.envs.chunking import ChunkedActions
+from vlamergebench.policies.scripted.aloha import AlohaScriptedExpert, collect_episode
 
 IDS = {"transfer_cube": "vlamergebench/AlohaTransferCube-v0", "insertion": "vlamergebench/AlohaInsertion-v0"}
 CHUNK = 8

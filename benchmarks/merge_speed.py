@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
 from vlamergebench.merge_methods import ops
 from vlamergebench.merge_methods.io import StreamingSafetensorsWriter, TensorFile
 from vlamergebench.policies import checkpoint as ckpt

@@ -20,13 +20,13 @@ import gymnasium as gym
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import matplotlib.pyplot as plt
+from tqdm import tqdm
 
-import vlamergebench.envs  # noqa: E402,F401  (registers the ids)
-from vlamergebench.envs.perturb.config import ALL_AXES  # noqa: E402
-from vlamergebench.envs.perturb.language import InstructionRewrite  # noqa: E402
-from vlamergebench.envs.perturb.noise import SensorNoise  # noqa: E402
+import vlamergebench.envs  # noqa: F401  (registers the ids)
+from vlamergebench.envs.perturb.config import ALL_AXES
+from vlamergebench.envs.perturb.language import InstructionRewrite
+from vlamergebench.envs.perturb.noise import SensorNoise
 
 LEVELS = (1, 3, 5)
 WRAPPER_AXES = {"noise": SensorNoise, "language": InstructionRewrite}

@@ -25,8 +25,10 @@ import time
 
 import numpy as np
 import torch
+
 from vlamergebench.policies.checkpoint import NormStats
-from vlamergebench.policies.model import PromptBatch, VLAPolicy, build_model
+from vlamergebench.policies.model import PromptBatch, build_model
+from vlamergebench.policies.policy import VLAPolicy
 from vlamergebench.policies.registry import make_config
 from vlamergebench.policies.tokenizer import HashedWordTokenizer
 

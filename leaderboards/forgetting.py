@@ -10,13 +10,13 @@ entry whose R matrix has holes (a run stopped between admissions) is listed as i
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from vlamergebench.leaderboards import tables as tb
 
 from vlamergebench.eval import metrics
+from vlamergebench.leaderboards import tables as tb
+from vlamergebench.leaderboards.board import Board
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,6 +67,9 @@ def compute(results: Results) -> dict[str, pd.DataFrame]:
             for i in range(t + 1):
                 if np.isnan(matrix[t, i]):
                     continue
+                cell = group[(group["admission_step"] == t + 1) & (group["skill"] == skills[i])]
+                per_task = cell.groupby("task")["success"].agg(["mean", "size"])
+                estimate = metrics.mean_of_rates(per_task["mean"].tolist(), per_task["size"].tolist())
                 cells.append(
                     {
                         **dict(zip(_KEYS, key, strict=True)),
@@ -74,6 +77,9 @@ def compute(results: Results) -> dict[str, pd.DataFrame]:
                         "skill": skills[i],
                         "skill_index": i,
                         "rate": matrix[t, i],
+                        "episodes": estimate.episodes,
+                        "ci_low": estimate.low,
+                        "ci_high": estimate.high,
                     }
                 )
     summary_frame = pd.DataFrame(summary, columns=None if summary else [*_KEYS, "status"])
@@ -108,52 +114,63 @@ def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 
 
 def figure(frames: dict[str, pd.DataFrame]) -> Figure | None:
-    """One panel per entry: each skill's success from its admission on (thin), the mean (thick)."""
+    """One panel per entry: each skill's success from its admission on with a 95% Wilson band, the mean.
+
+    The legend sits below the panels, outside every axis, so it never covers a curve.
+    """
     matrix = frames["matrix"]
     if matrix.empty:
         return None
     entries = sorted(matrix["entry"].unique())
     columns = min(3, len(entries))
     rows = -(-len(entries) // columns)
-    fig = tb.new_figure(4.2 * columns, 3.2 * rows)
-    for n, entry in enumerate(entries):
-        ax = fig.add_subplot(rows, columns, n + 1)
+    fig = tb.new_figure(4.2 * columns, 3.2 * rows + 0.8)
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    handles = {}
+    for ax, entry in zip(axes, entries, strict=False):
         part = matrix[matrix["entry"] == entry]
         for index, by_skill in part.groupby("skill_index"):
-            ax.plot(
-                by_skill["admission_step"],
-                100 * by_skill["rate"],
-                marker="o",
-                lw=1,
-                ms=3,
-                label=by_skill["skill"].iloc[0],
-                color=f"C{index % 10}",
+            colour = f"C{index % 10}"
+            steps = by_skill["admission_step"].to_numpy()
+            ax.fill_between(
+                steps, 100 * by_skill["ci_low"], 100 * by_skill["ci_high"], color=colour, alpha=0.15, lw=0
             )
+            (line,) = ax.plot(steps, 100 * by_skill["rate"], marker="o", lw=1, ms=3, color=colour)
+            handles.setdefault(by_skill["skill"].iloc[0], line)
         mean = part.groupby("admission_step")["rate"].mean()
-        ax.plot(mean.index, 100 * mean.to_numpy(), color="black", lw=2.5, label="mean of seen skills")
+        (line,) = ax.plot(mean.index, 100 * mean.to_numpy(), color="black", lw=2.5)
+        handles.setdefault("mean of seen skills", line)
         ax.set_title(entry, fontsize="small")
         ax.set_xlabel("experts admitted")
         ax.set_ylabel("success (%)")
-        ax.set_ylim(-2, 102)
+        ax.set_ylim(-3, 103)
         ax.set_xticks(sorted(part["admission_step"].unique()))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="xx-small", loc="lower left")
-    fig.suptitle("Forgetting curves")
+    for ax in axes[len(entries) :]:
+        ax.axis("off")
+    fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncols=min(6, len(handles)),
+        fontsize="small",
+        frameon=False,
+    )
+    fig.suptitle("Forgetting curves\n(bands: 95% Wilson interval of each skill)", fontsize="medium")
     return fig
 
 
-def build(results: Results, out_dir: Path) -> list[Path]:
-    """Write ``forgetting_summary.csv``, ``forgetting_matrix.csv``, ``forgetting.md`` and the curves PNG."""
-    frames = compute(results)
-    written = [tb.write_csv(frame, out_dir / f"forgetting_{name}.csv") for name, frame in frames.items()]
-    notes = [
+BOARD = Board(
+    name="forgetting",
+    title=TITLE,
+    compute=compute,
+    display=display,
+    figure=figure,
+    figure_file="forgetting_curves.png",
+    notes=[
         "BWT = mean over i < T of R[T][i] - R[i][i]; forgetting of skill i = max over i <= t < T of "
         "R[t][i] - R[T][i]; AUC = trapezoid area under the mean-success curve over steps 1..T, / (T - 1)."
-    ]
-    if frames["summary"].empty:
-        notes.append("No continual runs in these results.")
-    written.append(tb.write_markdown(out_dir / "forgetting.md", TITLE, display(frames), notes))
-    fig = figure(frames)
-    if fig is not None:
-        written.append(tb.save_png(fig, out_dir / "forgetting_curves.png"))
-    return written
+    ],
+    page_note="R[t][i] = success on skill i after t admissions; BWT and forgetting in percentage points.",
+    empty_notes=lambda frames: ["No continual runs in these results."] if frames["summary"].empty else [],
+)

@@ -12,11 +12,11 @@ import base64
 import html
 import io
 import json
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vlamergebench.leaderboards import forgetting, storage, success
 from vlamergebench.leaderboards import tables as tb
 
 if TYPE_CHECKING:
@@ -27,17 +27,42 @@ if TYPE_CHECKING:
 
 PAGE_FILE = "leaderboard.html"
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-h1 { border-bottom: 2px solid #444; } h2 { margin-top: 2em; border-bottom: 1px solid #bbb; }
-table.board { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; padding: 0 1em; }
+body { color: #222; }
+h1 { border-bottom: 2px solid #444; } h2 { margin-top: 1.6em; border-bottom: 1px solid #bbb; }
+div.scroll { overflow-x: auto; max-width: 100%; margin: 0.5em 0 1.2em; }
+table.board { border-collapse: collapse; font-size: 0.88em; }
 table.board th, table.board td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
-table.board th { background: #eee; } img { max-width: 100%; border: 1px solid #ddd; }
-nav a { margin-right: 1.5em; } .note { color: #555; }
+table.board td { max-width: 40em; }
+table.board th { background: #eee; } img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+details { margin: 0.3em 0; } summary { cursor: pointer; font-weight: 600; padding: 2px 0; }
+nav a { margin-right: 1.2em; white-space: nowrap; } .note { color: #555; }
 """
 
 
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, escape=True, na_rep=tb.MISSING, classes="board", border=0)
+    """A table inside a box that scrolls sideways, so a wide table never widens the page."""
+    table = frame.map(_keep_together).to_html(
+        index=False, escape=True, na_rep=tb.MISSING, classes="board", border=0
+    )
+    return f'<div class="scroll">{table}</div>'
+
+
+_INTERVAL = re.compile(r"(?<=\d) \[|, (?=[-+]?\d[\d.]*\])|\] (?=p=)")
+
+
+def _keep_together(value: object) -> object:
+    """``68.8 [39.4, 88.1]`` with no-break spaces: a narrow column wraps between cells, never inside one."""
+    return (
+        _INTERVAL.sub(lambda m: m.group(0).replace(" ", "\u00a0"), value) if isinstance(value, str) else value
+    )
+
+
+def _folded(summary: str, content: str, open_: bool = False) -> str:
+    """A ``<details>`` block (folds without script)."""
+    return (
+        f"<details{' open' if open_ else ''}><summary>{html.escape(summary)}</summary>\n{content}\n</details>"
+    )
 
 
 def _image(fig: Figure | None, alt: str) -> str:
@@ -53,22 +78,38 @@ def _section(
     anchor: str, title: str, sections: dict[str, pd.DataFrame], fig: Figure | None, note: str
 ) -> str:
     parts = [f'<h2 id="{anchor}">{html.escape(title)}</h2>', f'<p class="note">{html.escape(note)}</p>']
-    parts.append(_image(fig, title))
     if not sections:
         parts.append("<p>No rows in these results.</p>")
-    for heading, frame in sections.items():
-        parts += [f"<h3>{html.escape(heading)}</h3>", _table(frame)]
+    for n, (heading, frame) in enumerate(sections.items()):
+        if n == 0:  # the headline table stays open; the rest fold
+            parts += [f"<h3>{html.escape(heading)}</h3>", _table(frame)]
+        else:
+            parts.append(_folded(heading, _table(frame)))
+    if fig is not None:
+        parts.append(_folded(f"Figure: {title}", _image(fig, title), open_=True))
     return "\n".join(parts)
 
 
+def shared_versions(results: Results) -> dict[str, str]:
+    """Package versions every episode of every run shares (stated once on the page)."""
+    tables = [json.loads(text) for text in set(results.episodes["versions_json"])]
+    if not tables:
+        return {}
+    return {k: v for k, v in tables[0].items() if all(t.get(k) == v for t in tables[1:])}
+
+
 def provenance(results: Results) -> pd.DataFrame:
-    """One row per run: identity, seed, episodes, the package versions and git revisions that produced it."""
+    """One row per run: identity, seed, episodes, the versions not shared by all runs, git revisions."""
     import pandas as pd
 
+    shared = shared_versions(results)
     rows = []
     for run in results.runs.itertuples():
         mine = results.episodes[results.episodes["run_id"] == run.run_id]
         versions = [json.loads(text) for text in sorted(set(mine["versions_json"]))]
+        own = "; ".join(
+            ", ".join(f"{k} {v}" for k, v in sorted(d.items()) if shared.get(k) != v) for d in versions
+        )
         rows.append(
             {
                 "run": run.run_id,
@@ -79,7 +120,7 @@ def provenance(results: Results) -> pd.DataFrame:
                 "routing": run.routing_mode + (f" ({run.router})" if run.router else ""),
                 "seed": run.run_seed,
                 "episodes": len(mine),
-                "versions": "; ".join(", ".join(f"{k} {v}" for k, v in sorted(d.items())) for d in versions),
+                "other versions": own.strip("; ") or "shared",
                 "git": ", ".join(sorted(set(mine["git_rev"]))),
                 "source": run.source,
             }
@@ -87,44 +128,54 @@ def provenance(results: Results) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def methods(results: Results) -> str:
+    """A list of the methods on the board with links to their papers (from the method registry)."""
+    from vlamergebench.merge_methods.registry import METHODS
+
+    items = []
+    for name in sorted(set(results.runs["method"])):
+        if name not in METHODS:
+            items.append(f"<li><code>{html.escape(name)}</code>: not a registered method here</li>")
+            continue
+        meta = METHODS.spec(name).metadata
+        paper, arxiv = meta.get("paper"), meta.get("arxiv")
+        if arxiv:
+            url = f"https://arxiv.org/abs/{html.escape(arxiv)}"
+            cite = f'<a href="{url}">{html.escape(paper or arxiv)}</a> (arXiv:{html.escape(arxiv)})'
+        else:
+            cite = html.escape(paper or "no paper (a reference point of this benchmark)")
+        items.append(f"<li><code>{html.escape(name)}</code>: {cite}</li>")
+    return "<ul>" + "".join(items) + "</ul>"
+
+
 def build(results: Results, out_dir: Path) -> list[Path]:
-    """Write ``leaderboard.html`` into ``out_dir``."""
-    success_frames = success.compute(results)
-    storage_frames = storage.compute(results)
-    forgetting_frames = forgetting.compute(results)
+    """Write ``leaderboard.html`` into ``out_dir``: every registered board, then the provenance."""
+    from vlamergebench.leaderboards.registry import boards
+
+    sections, links = [], []
+    for board in boards():
+        frames = board.compute(results)
+        sections.append(
+            _section(board.name, board.title, board.display(frames), board.figure(frames), board.page_note)
+        )
+        links.append(f'<a href="#{board.name}">{html.escape(board.name.capitalize())}</a>')
     body = [
         "<h1>vlamergebench leaderboard</h1>",
-        '<nav><a href="#success">Success</a><a href="#storage">Storage</a>'
-        '<a href="#forgetting">Forgetting</a><a href="#provenance">Provenance</a></nav>',
-        _section(
-            "success",
-            success.TITLE,
-            success.display(success_frames),
-            success.figure(success_frames),
-            "Final model of each run; success rates in %, Wilson 95% intervals; suites are unweighted means "
-            "of their tasks, overall the unweighted mean of suites; simulator errors count as failures.",
-        ),
-        _section(
-            "storage",
-            storage.TITLE,
-            storage.display(storage_frames),
-            storage.figure(storage_frames),
-            "Bytes at inference as reported by each method, against the dense and the LoRA expert banks.",
-        ),
-        _section(
-            "forgetting",
-            forgetting.TITLE,
-            forgetting.display(forgetting_frames),
-            forgetting.figure(forgetting_frames),
-            "R[t][i] = success on skill i after t admissions; BWT and forgetting in percentage points.",
-        ),
+        "<nav>" + "".join(links) + '<a href="#methods">Methods</a><a href="#provenance">Provenance</a></nav>',
+        *sections,
+        '<h2 id="methods">Methods and papers</h2>',
+        methods(results),
         '<h2 id="provenance">Provenance</h2>',
-        _table(provenance(results)),
+        "<p>Package versions shared by every run: "
+        + html.escape(", ".join(f"{k} {v}" for k, v in sorted(shared_versions(results).items())) or "none")
+        + ".</p>",
+        _folded("Runs (one row each)", _table(provenance(results))),
         f'<p class="note">Built {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} from '
         f"{html.escape(', '.join(results.sources))}.</p>",
     ]
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>vlamergebench leaderboard</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
         + "\n".join(body)
         + "\n</body>\n</html>\n"

@@ -10,12 +10,12 @@ they do not, the build fails rather than pick one.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vlamergebench.leaderboards import tables as tb
-
 from vlamergebench.eval import metrics
+from vlamergebench.leaderboards import comparability, paired
+from vlamergebench.leaderboards import tables as tb
+from vlamergebench.leaderboards.board import Board
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,14 +25,6 @@ if TYPE_CHECKING:
 
 TITLE = "Storage leaderboard"
 _KEYS = list(metrics.ENTRY_COLUMNS)
-
-
-def pareto_front(storage: list[float], success: list[float]) -> list[bool]:
-    """True where no other point has storage <= and success >= with at least one strict."""
-    return [
-        not any((s2 <= s and r2 >= r) and (s2 < s or r2 > r) for s2, r2 in zip(storage, success, strict=True))
-        for s, r in zip(storage, success, strict=True)
-    ]
 
 
 def compute(results: Results) -> dict[str, pd.DataFrame]:
@@ -51,13 +43,23 @@ def compute(results: Results) -> dict[str, pd.DataFrame]:
     table = per_entry.merge(overall[[*_KEYS, "rate", "ci_low", "ci_high", "episodes"]], on=_KEYS, how="left")
     table["dense_bank_fraction"] = table["total_bytes"] / table["dense_bank_bytes"]
     table["lora_bank_fraction"] = table["total_bytes"] / table["lora_bank_bytes"]
-    rated = table["rate"].notna()
+    labels = tb.entry_labels(results)
+    table = tb.with_entry(table, labels)
+    comparable = comparability.comparable_entries(results)
+    table["comparable"] = table["entry"].isin(comparable) & table["rate"].notna()
     table["pareto"] = False
-    table.loc[rated, "pareto"] = pareto_front(
-        table.loc[rated, "dense_bank_fraction"].tolist(), table.loc[rated, "rate"].tolist()
+    ranked = table[table["comparable"]]
+    entries = ranked["entry"].tolist()
+    episodes = tb.with_entry(results.final_episodes(), labels)
+    outcomes = paired.outcomes_by_pair(episodes[episodes["entry"].isin(entries)])
+    better = paired.significance_matrix(outcomes, entries)
+    table.loc[ranked.index, "pareto"] = paired.pareto_front(
+        ranked["total_bytes"].tolist(),
+        ranked["rate"].tolist(),
+        [[better.get((a, b), False) for b in entries] for a in entries],
     )
     table = table.sort_values(["total_bytes", "rate"], ascending=[True, False], kind="stable")
-    return {"storage": tb.with_entry(table, tb.entry_labels(results))}
+    return {"storage": table.reset_index(drop=True)}
 
 
 def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -72,52 +74,99 @@ def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     shown["success % [95% CI]"] = [
         tb.rate_with_interval(*v) for v in table[["rate", "ci_low", "ci_high"]].itertuples(index=False)
     ]
-    shown["Pareto"] = ["yes" if p else "" for p in table["pareto"]]
+    shown["Pareto"] = [
+        "yes" if p else ("" if ok else "not ranked") for p, ok in table[["pareto", "comparable"]].to_numpy()
+    ]
     return {"Storage at inference (final admission step)": shown}
 
 
+def _clusters(
+    x: list[float], y: list[float], numbers: list[int], share: float = 0.03
+) -> list[tuple[tuple[float, float], list[int]]]:
+    """Points closer than ``share`` of the axis spans, merged: one label per cluster, at its first point."""
+    span_x, span_y = max(max(x) - min(x), 1e-9), 100.0
+    clusters: list[tuple[tuple[float, float], list[int]]] = []
+    for xi, yi, n in sorted(zip(x, y, numbers, strict=True)):
+        for (cx, cy), members in clusters:
+            if abs(xi - cx) <= share * span_x and abs(yi - cy) <= share * span_y:
+                members.append(n)
+                break
+        else:
+            clusters.append(((xi, yi), [n]))
+    return clusters
+
+
 def figure(frames: dict[str, pd.DataFrame]) -> Figure | None:
-    """Overall success vs storage (% of the dense expert bank), with the Pareto front."""
-    table = frames["storage"].dropna(subset=["rate"])
+    """Overall success vs storage (% of the dense expert bank), with the Pareto front.
+
+    Points are numbered (the key on the right names each number), and entries at the same point share one
+    marker labelled with all their numbers, so no label sits on another. Axes are fixed: success 0-100%,
+    storage from 0 (plain numbers, never an offset scale; a log scale only when storage spans 20x or more).
+    """
+    table = frames["storage"].dropna(subset=["rate"]).reset_index(drop=True)
     if table.empty:
         return None
-    fig = tb.new_figure(7.5, 5.0)
-    ax = fig.add_subplot()
+    table = table.assign(number=range(1, len(table) + 1))
+    fig = tb.new_figure(10.0, max(4.5, 1.2 + 0.19 * len(table)))
+    plot, key = fig.subplots(1, 2, width_ratios=[3, 2])
     x, y = 100 * table["dense_bank_fraction"], 100 * table["rate"]
     err = [100 * (table["rate"] - table["ci_low"]), 100 * (table["ci_high"] - table["rate"])]
-    ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, color="C0", ecolor="0.6")
-    for xi, yi, label in zip(x, y, table["entry"], strict=True):
-        ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize="x-small")
-    front = table[table["pareto"]].sort_values("dense_bank_fraction")
-    ax.step(
+    plot.errorbar(x, y, yerr=err, fmt="none", ecolor="0.7", capsize=2, lw=1)
+    ranked = table["comparable"].to_numpy()
+    plot.scatter(x[ranked], y[ranked], color="C0", s=22, zorder=3, label="entry (ranked)")
+    if (~ranked).any():
+        plot.scatter(x[~ranked], y[~ranked], color="0.6", marker="s", s=22, zorder=3, label="not ranked")
+    front = table[table["pareto"]].sort_values(["dense_bank_fraction", "rate"])
+    plot.step(
         100 * front["dense_bank_fraction"],
         100 * front["rate"],
         where="post",
         color="C3",
         ls="--",
-        label="Pareto front",
+        lw=1,
+        label="Pareto front (1% storage tolerance, paired test)",
     )
+    for (px, py), numbers in _clusters(x.tolist(), y.tolist(), table["number"].tolist()):
+        plot.annotate(
+            comparability.compact_ranges(numbers),
+            (px, py),
+            textcoords="offset points",
+            xytext=(4, 3),
+            fontsize="x-small",
+        )
     if x.max() / max(x.min(), 1e-9) > 20:
-        ax.set_xscale("log")
-    ax.set_xlabel("storage (% of the dense expert bank)")
-    ax.set_ylabel("overall success (%), 95% Wilson interval")
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
-    ax.set_title("Storage vs success")
+        plot.set_xscale("log")
+    else:
+        plot.set_xlim(0, max(x.max() * 1.1, 1))
+    tb.plain_axis(plot)
+    plot.set_xlabel("storage (% of the dense expert bank)")
+    plot.set_ylabel("overall success (%), 95% Wilson interval")
+    plot.set_ylim(-3, 103)
+    plot.grid(alpha=0.3)
+    plot.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize="small", frameon=False, ncols=2)
+    plot.set_title("Storage vs success")
+    key.axis("off")
+    key.set_title("key", loc="left", fontsize="small")
+    lines = [f"{n:>2}  {entry}" for n, entry in zip(table["number"], table["entry"], strict=True)]
+    key.text(0, 1, "\n".join(lines), va="top", ha="left", family="monospace", fontsize="x-small")
     return fig
 
 
-def build(results: Results, out_dir: Path) -> list[Path]:
-    """Write ``storage.csv``, ``storage.md`` and ``storage_pareto.png`` into ``out_dir``."""
-    frames = compute(results)
-    written = [tb.write_csv(frames["storage"], out_dir / "storage.csv")]
-    notes = [
+BOARD = Board(
+    name="storage",
+    title=TITLE,
+    compute=compute,
+    display=display,
+    figure=figure,
+    figure_file="storage_pareto.png",
+    notes=[
         "Bytes of everything needed to run every skill (base, shared tensors, per-skill parts, routers, "
-        "statistics), as reported by each merge method."
-    ]
-    written.append(tb.write_markdown(out_dir / "storage.md", TITLE, display(frames), notes))
-    fig = figure(frames)
-    if fig is not None:
-        written.append(tb.save_png(fig, out_dir / "storage_pareto.png"))
-    return written
+        "statistics), as reported by each merge method.",
+        "Pareto front: entry A dominates B when A's storage is at most 1% above B's, A's success is at least "
+        "B's, and A is either more than 1% smaller or significantly more successful (paired test over "
+        "matching episodes, Benjamini-Hochberg adjusted, 5%). Only entries under the reference settings are "
+        "on it.",
+    ],
+    page_note="Bytes at inference as reported by each method, against the dense and the LoRA expert banks; "
+    "Pareto front with a 1% storage tolerance and the paired success test.",
+)

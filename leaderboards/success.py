@@ -5,17 +5,20 @@ and routed entries side by side, routing accuracy and confusion matrices, and pe
 
 Only each run's final model is ranked (admission step T; a continual run's earlier steps belong to the
 forgetting leaderboard). An episode that ended in a simulator error counts as a failure; the ``errors``
-column says how many there were.
+column says how many there were. An episode lost to the infrastructure (its worker process died) is in no
+rate; the ``infrastructure_errors`` column counts those a resume has yet to rerun.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vlamergebench.leaderboards import tables as tb
+import numpy as np
 
 from vlamergebench.eval import metrics
+from vlamergebench.leaderboards import comparability, paired
+from vlamergebench.leaderboards import tables as tb
+from vlamergebench.leaderboards.board import Board
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,6 +45,14 @@ def compute(results: Results) -> dict[str, pd.DataFrame]:
     routing = metrics.routing_table(episodes)
     errors = tasks.groupby(list(metrics.ENTRY_COLUMNS))["errors"].sum().rename("errors").reset_index()
     overall = overall.merge(errors, on=list(metrics.ENTRY_COLUMNS), how="left")
+    lost = results.infrastructure_errors
+    lost_counts = (
+        lost.groupby(list(metrics.ENTRY_COLUMNS)).size() if lost is not None and len(lost) else pd.Series()
+    )
+    overall["infrastructure_errors"] = [
+        int(lost_counts.get(key, 0))
+        for key in overall[list(metrics.ENTRY_COLUMNS)].itertuples(index=False, name=None)
+    ]
     accuracy = routing[[*metrics.ENTRY_COLUMNS, "rate", "ci_low", "ci_high"]].rename(
         columns={"rate": "routing_accuracy", "ci_low": "routing_ci_low", "ci_high": "routing_ci_high"}
     )
@@ -65,7 +76,78 @@ def compute(results: Results) -> dict[str, pd.DataFrame]:
         "confusion": confusion_frame,
         "perturbations": metrics.perturbation_table(results.final_episodes(perturbed=True)),
     }
-    return {name: tb.with_entry(frame, labels) for name, frame in frames.items()}
+    labelled = {name: tb.with_entry(frame, labels) for name, frame in frames.items()}
+    labelled["overall"] = _paired_columns(labelled["overall"], tb.with_entry(episodes, labels), results)
+    return labelled
+
+
+BANK_METHOD = "expert_bank"
+
+
+def _paired_columns(overall: pd.DataFrame, episodes: pd.DataFrame, results: Results) -> pd.DataFrame:
+    """Comparability, ranks with ties and paired differences to the expert bank and to the best entry.
+
+    Only entries under the board's reference settings (:mod:`comparability`) are ranked and compared; the
+    rest keep NaN in these columns and ``comparable`` False.
+    """
+    settings = comparability.entry_settings(results)
+    comparable = set(settings.loc[settings["comparable"], "entry"]) if len(settings) else set()
+    overall = overall.assign(comparable=overall["entry"].isin(comparable))
+    ranked = overall[overall["comparable"]].sort_values(["rate", "entry"], ascending=[False, True])
+    order = ranked["entry"].tolist()
+    outcomes = paired.outcomes_by_pair(episodes[episodes["entry"].isin(comparable)])
+    ranks = paired.ranks_with_ties(order, paired.significance_matrix(outcomes, order))
+    overall["rank"] = overall["entry"].map(ranks)
+    banks = [e for e in order if e.startswith(f"{BANK_METHOD} ") and e.endswith("· oracle")]
+    for prefix, reference in (
+        ("vs_bank", banks[0] if banks else None),
+        ("vs_best", order[0] if order else None),
+    ):
+        rows = []
+        for entry in overall["entry"]:
+            result = None
+            if reference is not None and entry in comparable and entry != reference:
+                result = paired.compare(outcomes, entry, reference)
+            rows.append(
+                (np.nan,) * 5
+                if result is None
+                else (result.difference, result.low, result.high, result.p_value, result.pairs)
+            )
+        for i, column in enumerate(("", "_low", "_high", "_p", "_pairs")):
+            overall[prefix + column] = [row[i] for row in rows]
+    overall["best_entry"] = order[0] if order else ""
+    overall["bank_entry"] = banks[0] if banks else ""
+    return overall.sort_values(
+        ["comparable", "rate", "entry"], ascending=[False, False, True], kind="stable"
+    ).reset_index(drop=True)
+
+
+def _difference(frame: pd.DataFrame, prefix: str) -> list[str]:
+    """``"-12.5 [-30.0, 0.0] p=0.25"`` per row: a paired difference in points with its interval and p."""
+    shown = []
+    for diff, low, high, p in frame[[prefix, f"{prefix}_low", f"{prefix}_high", f"{prefix}_p"]].to_numpy():
+        if np.isnan(diff):
+            shown.append(tb.MISSING)
+        else:
+            shown.append(
+                f"{tb.signed_points(diff)} [{tb.signed_points(low)}, {tb.signed_points(high)}] p={p:.2g}"
+            )
+    return shown
+
+
+def _fold_zero_rows(board: pd.DataFrame, zero: pd.Series) -> pd.DataFrame:
+    """All-zero entries as one row: their names joined, shared cells kept, differing cells as ``varies``."""
+    import pandas as pd
+
+    if zero.sum() < 2:
+        return board
+    folded = board[zero.to_numpy()]
+    row = {}
+    for column in board.columns:
+        values = folded[column].astype(str).unique()
+        row[column] = values[0] if len(values) == 1 else "varies"
+    row["entry"] = f"{len(folded)} entries with no success: " + ", ".join(folded["entry"])
+    return pd.concat([board[~zero.to_numpy()], pd.DataFrame([row])], ignore_index=True)
 
 
 def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -78,22 +160,51 @@ def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         ]
         return shown
 
-    overall = frames["overall"]
+    everything = frames["overall"]
     suites = frames["suites"].pivot_table(index="entry", columns="suite", values="rate", aggfunc="first")
-    board = rated(overall, ["entry", "routing_mode", "suites", "tasks", "episodes", "errors"])
-    for suite in suites.columns:
-        board[f"{suite} %"] = [tb.percent(suites[suite].get(entry)) for entry in overall["entry"]]
-    board["routing accuracy %"] = [
-        tb.rate_with_interval(*v)
-        for v in overall[["routing_accuracy", "routing_ci_low", "routing_ci_high"]].to_numpy()
-    ]
+
+    def overall_table(overall: pd.DataFrame) -> pd.DataFrame:
+        lost = ["infrastructure_errors"] if overall["infrastructure_errors"].any() else []  # shown when any
+        board = rated(overall, ["entry", "routing_mode", "suites", "tasks", "episodes", "errors", *lost])
+        for suite in suites.columns:
+            board[f"{suite} %"] = [tb.percent(suites[suite].get(entry)) for entry in overall["entry"]]
+        board["routing accuracy %"] = [
+            tb.rate_with_interval(*v)
+            for v in overall[["routing_accuracy", "routing_ci_low", "routing_ci_high"]].to_numpy()
+        ]
+        return board
+
+    overall = everything[everything["comparable"]]
+    board = overall_table(overall)
+    board.insert(0, "rank", overall["rank"].astype(int).to_numpy())
+    bank, best = (
+        overall["bank_entry"].iloc[0] if len(overall) else "",
+        overall["best_entry"].iloc[0] if len(overall) else "",
+    )
+    board.insert(
+        board.columns.get_loc("success % [95% CI]") + 1,
+        f"vs {bank or 'expert bank'} (points)",
+        _difference(overall, "vs_bank"),
+    )
+    board.insert(
+        board.columns.get_loc("success % [95% CI]") + 2,
+        f"vs best, {best} (points)",
+        _difference(overall, "vs_best"),
+    )
     sections = {
-        "Overall (unweighted mean of suites)": board,
-        "Per suite (unweighted mean of tasks)": rated(
-            frames["suites"], ["entry", "suite", "tasks", "episodes"]
-        ),
-        "Per task": rated(frames["tasks"], ["entry", "suite", "task", "episodes", "errors"]),
+        "Overall (unweighted mean of suites), entries under the reference settings": _fold_zero_rows(
+            board, overall["rate"].reset_index(drop=True) == 0
+        )
     }
+    others = everything[~everything["comparable"]]
+    if len(others):
+        sections["Not ranked: evaluated under other settings than the reference (see the entries board)"] = (
+            overall_table(others)
+        )
+    sections["Per suite (unweighted mean of tasks)"] = rated(
+        frames["suites"], ["entry", "suite", "tasks", "episodes"]
+    )
+    sections["Per task"] = rated(frames["tasks"], ["entry", "suite", "task", "episodes", "errors"])
     if len(frames["routing"]):  # oracle-only results have no routing to show
         sections["Routing accuracy"] = rated(
             frames["routing"], ["entry", "episodes", "correct"], "accuracy % [95% CI]"
@@ -119,49 +230,52 @@ def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 
 
 def figure(frames: dict[str, pd.DataFrame]) -> Figure | None:
-    """Dot-and-whisker plot: per entry, the overall rate (black) and each suite's rate, with 95% intervals."""
-    overall = frames["overall"].sort_values("rate", kind="stable")
+    """One facet per suite and one for the overall rate: per entry, the rate with its 95% Wilson interval.
+
+    Every facet shares the entry axis (ranked entries first, best on top) and a fixed 0-100% rate axis, so
+    the facets read across; the whiskers never overlap because each facet holds one point per entry.
+    """
+    overall = frames["overall"].iloc[::-1]  # ranked order, best at the top of the plot
     if overall.empty:
         return None
     suites = frames["suites"]
     names = sorted(suites["suite"].unique())
-    fig = tb.new_figure(8.0, 1.2 + 0.45 * len(overall) * max(1, len(names) / 3))
-    ax = fig.add_subplot()
+    facets = [("overall", overall), *[(name, suites[suites["suite"] == name]) for name in names]]
+    fig = tb.new_figure(2.1 * len(facets) + 2.6, 0.9 + 0.28 * len(overall))
+    axes = fig.subplots(1, len(facets), sharey=True, squeeze=False)[0]
     row_of = {entry: i for i, entry in enumerate(overall["entry"])}
-    offsets = {name: 0.3 * (j + 1) / (len(names) + 1) - 0.15 for j, name in enumerate(names)}
-    colors = {name: f"C{j}" for j, name in enumerate(names)}
-    for name in names:
-        part = suites[suites["suite"] == name]
-        y = [row_of[e] + offsets[name] for e in part["entry"]]
+    for n, (ax, (name, part)) in enumerate(zip(axes, facets, strict=True)):
+        part = part[part["entry"].isin(row_of)]
+        y = [row_of[e] for e in part["entry"]]
         err = [100 * (part["rate"] - part["ci_low"]), 100 * (part["ci_high"] - part["rate"])]
-        ax.errorbar(100 * part["rate"], y, xerr=err, fmt="o", ms=4, capsize=2, color=colors[name], label=name)
-    err = [100 * (overall["rate"] - overall["ci_low"]), 100 * (overall["ci_high"] - overall["rate"])]
-    ax.errorbar(
-        100 * overall["rate"],
-        range(len(overall)),
-        xerr=err,
-        fmt="D",
-        ms=6,
-        capsize=3,
-        color="black",
-        label="overall",
-    )
-    ax.set_yticks(range(len(overall)), list(overall["entry"]))
-    ax.set_xlim(-2, 102)
-    ax.set_xlabel("success rate (%), 95% Wilson interval")
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
-    ax.set_title(TITLE)
+        colour = "black" if name == "overall" else f"C{n - 1}"
+        marker = "D" if name == "overall" else "o"
+        ax.errorbar(100 * part["rate"], y, xerr=err, fmt=marker, ms=4, capsize=2, color=colour, lw=1)
+        ax.set_xlim(-3, 103)
+        ax.set_xticks([0, 25, 50, 75, 100])
+        ax.set_title(name, fontsize="medium")
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel("success (%)")
+    unranked = ~overall["comparable"].to_numpy() if "comparable" in overall else np.zeros(len(overall), bool)
+    labels = [f"{e} (not ranked)" if u else e for e, u in zip(overall["entry"], unranked, strict=True)]
+    axes[0].set_yticks(range(len(overall)), labels, fontsize="small")
+    axes[0].set_ylim(-0.7, len(overall) - 0.3)
+    fig.suptitle(f"{TITLE}: success rate with 95% Wilson interval, per suite")
     return fig
 
 
-def build(results: Results, out_dir: Path) -> list[Path]:
-    """Write ``success_*.csv``, ``success.md`` and ``success.png`` into ``out_dir``."""
-    frames = compute(results)
-    written = [tb.write_csv(frame, out_dir / f"success_{name}.csv") for name, frame in frames.items()]
-    notes = ["Final model of each run; episodes with a simulator error count as failures (column `errors`)."]
-    written.append(tb.write_markdown(out_dir / "success.md", TITLE, display(frames), notes))
-    fig = figure(frames)
-    if fig is not None:
-        written.append(tb.save_png(fig, out_dir / "success.png"))
-    return written
+BOARD = Board(
+    name="success",
+    title=TITLE,
+    compute=compute,
+    display=display,
+    figure=figure,
+    figure_file="success.png",
+    notes=[
+        "Final model of each run; episodes with a simulator error count as failures (column `errors`); "
+        "episodes whose worker process died are in no rate (column `infrastructure_errors`: rerun them by "
+        "resuming the run)."
+    ],
+    page_note="Final model of each run; success rates in %, Wilson 95% intervals; suites are unweighted "
+    "means of their tasks, overall the unweighted mean of suites; simulator errors count as failures.",
+)

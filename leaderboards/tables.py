@@ -7,6 +7,7 @@ function of the results, so every builder names an entry the same way without sh
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -88,11 +89,15 @@ def signed_points(value: float | None) -> str:
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table of ``frame``'s columns (cells as text, pipes escaped)."""
+    """A GitHub-flavoured Markdown table of ``frame``'s columns (cells as plain text).
+
+    Names come from anyone's bundle, so HTML is escaped (a viewer renders ``<script>`` as text) as well as
+    the pipes and newlines that would break the table.
+    """
 
     def cell(value: Any) -> str:
         text = MISSING if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
-        return text.replace("|", "\\|").replace("\n", " ")
+        return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
@@ -110,20 +115,59 @@ def write_markdown(
     return path
 
 
+# A spreadsheet evaluates a cell starting with one of these as a formula (OWASP "CSV injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """``value``, with a leading ``'`` if it is text a spreadsheet would read as a formula or a number."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_STARTS) else value
+
+
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:
-    """The machine-readable table (rates as fractions, full precision)."""
-    frame.to_csv(path, index=False)
+    """The machine-readable table (rates as fractions, full precision; text cells spreadsheet-safe)."""
+    from pandas.api.types import is_numeric_dtype
+
+    safe = frame.copy()
+    for column in safe.columns:
+        if not is_numeric_dtype(safe[column]):
+            safe[column] = safe[column].map(spreadsheet_safe)
+    safe.columns = [spreadsheet_safe(str(column)) for column in safe.columns]
+    safe.to_csv(path, index=False)
     return path
+
+
+FIGURE_DPI = 200
 
 
 def new_figure(width_in: float, height_in: float) -> Figure:
     """A matplotlib figure that touches no global pyplot state (builders may run in any order or thread)."""
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width_in, height_in), dpi=110, layout="constrained")
+    return Figure(figsize=(width_in, height_in), dpi=FIGURE_DPI, layout="constrained")
+
+
+def plain_axis(axis: Any) -> None:
+    """Tick labels as plain numbers: no offset (``+1.234e3``) and no scientific notation on either axis."""
+    from matplotlib.ticker import ScalarFormatter
+
+    for which in (axis.xaxis, axis.yaxis):
+        if isinstance(which.get_major_formatter(), ScalarFormatter):
+            formatter = ScalarFormatter(useOffset=False)
+            formatter.set_scientific(False)
+            which.set_major_formatter(formatter)
 
 
 def save_png(figure: Figure, path: Path) -> Path:
-    """Write ``figure`` as PNG."""
-    figure.savefig(path, format="png")
+    """Write ``figure`` as PNG at :data:`FIGURE_DPI`."""
+    figure.savefig(path, format="png", dpi=FIGURE_DPI)
+    return path
+
+
+def save_vector(figure: Figure, path: Path) -> Path:
+    """Write ``figure`` as SVG (text kept as text, so labels stay selectable and searchable)."""
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "vlamergebench"}):
+        figure.savefig(path, format="svg", metadata={"Date": None})
     return path

@@ -1,4 +1,4 @@
-"""The merge-method interface: configs, one-shot and continual methods, and the merged model directory.
+"""The method bases: one-shot, continual, and task-vector methods (the driver owns every file).
 
 How a method is used (``docs/merge_methods.md`` has the long form)::
 
@@ -10,409 +10,96 @@ How a method is used (``docs/merge_methods.md`` has the long form)::
     merged.storage.total_bytes, merged.storage.fraction_of_dense_bank
     router = merged.router()                                  # its own router; or merged.router("oracle")
 
-A continual method (``kind == "continual"``) admits experts one at a time and keeps only its declared state,
-which *is* its merged directory: ``admit(seen, previous, out)`` reads the newest expert
-(``seen.experts[-1]``), the base and the previous merged directory, nothing else, and writes a complete
-merged model of every skill seen so far. ``merge(experts, out, snapshot_dir=...)`` runs the admissions in
-order and keeps the merged model after each one (``snapshot_dir/<t>-<skill>``), which is what the continual
-protocol evaluates.
+A method is a class ``Name(OneShotMethod[NameConfig])``: the type argument is its config class (checked
+when the class is defined). A continual method (``kind == "continual"``) admits experts one at a time and
+keeps only its declared state, which *is* its merged directory: ``admit(seen, previous, out)`` reads the
+newest expert (``seen.experts[-1]``), the base and the previous merged directory, nothing else, and writes a
+complete merged model of every skill seen so far. :meth:`ContinualMethod.admissions` is the one admission
+loop: ``merge`` and the continual evaluation both call it.
 
-A merged directory holds ``merged.json`` (the resolved config with every default written out, its hash, the
-expert-set id, the skills and the method's own state), ``storage.json`` (the storage manifest), the method's
-safetensors, and ``skills/<NN>/norm_stats.json`` per skill. It may reference files of the base checkpoint
-(methods that add to the base rather than replace it); those count in its storage.
-
-**Storage** is bytes on disk of everything needed at inference: every file of the merged directory except
-``storage.json`` itself (the accounting), plus the referenced base files. It is reported against the *dense
-expert bank* (per skill: the base's ``vlm.safetensors``, which has exactly the bytes of a folded expert VLM,
-plus the expert's action expert and norm stats) and the *LoRA bank* (the base's ``vlm.safetensors`` once,
-plus per skill its LoRA factors, action expert and norm stats).
+A task-vector method (:class:`TaskVectorMethod`) is only its formula: given the T task vectors of one VLM
+tensor it returns the merged delta; the base streams the tensors, writes the VLM and averages the action
+expert (which has no pretrained base to take task vectors against).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
+import inspect
 import os
 import shutil
-import tempfile
-import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
-from tqdm import tqdm
+
+from vlamergebench.merge_methods import ops
+from vlamergebench.merge_methods.config import MethodConfig, TaskVectorConfig
 from vlamergebench.merge_methods.io import (
     AtomicDirectory,
-    CheckpointIndex,
     ExpertView,
-    StreamingSafetensorsWriter,
-    TensorFile,
-    as_float32,
-    check_finite_tensor,
+    MergeInputError,
+    count_non_finite,
+    hidden_work_dir,
+    open_views,
+    remove_stale_work,
 )
-from vlamergebench.policies.checkpoint import (
-    ACTION_EXPERT_FILE,
-    LORA_FILE,
-    NORM_STATS_FILE,
-    VLM_FILE,
-    CheckpointDir,
-    CheckpointError,
-    ExpertSet,
-    NormStats,
+from vlamergebench.merge_methods.merged import (
+    MERGED_FILE,
+    MERGED_FORMAT,
+    MERGED_FORMAT_VERSION,
+    STORAGE_FILE,
+    MergedModel,
+    measure_storage,
+    read_single_model,
+    skill_dir,
 )
+from vlamergebench.merge_methods.writers import target_names, write_action_expert, write_vlm
+from vlamergebench.policies.checkpoint import ACTION_EXPERT_FILE, NORM_STATS_FILE, VLM_FILE, ExpertSet
 
-MERGED_FORMAT = "vlamergebench-merged"
-MERGED_FORMAT_VERSION = 1
-MERGED_FILE = "merged.json"
-STORAGE_FILE = "storage.json"
 KINDS = ("one_shot", "continual")
 
-C = TypeVar("C", bound="MethodConfig")
+C = TypeVar("C", bound=MethodConfig)
+T = TypeVar("T", bound=TaskVectorConfig)
 
 
-class ConfigError(ValueError):
-    """A method config is invalid; the message names the config class and field."""
-
-
-def _coerce(owner: str, key: str, value: Any, hint: Any) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for option in (arg for arg in args if arg is not type(None)):
-            try:
-                return _coerce(owner, key, value, option)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{owner}: field {key!r} expects {hint}, got {value!r}")
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{owner}: field {key!r} expects a list, got {value!r}")
-        return tuple(_coerce(owner, key, item, args[0]) for item in value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{owner}: field {key!r} expects true/false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{owner}: field {key!r} expects an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{owner}: field {key!r} expects a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{owner}: field {key!r} expects a string, got {value!r}")
-        return value
-    raise ConfigError(f"{owner}: field {key!r} has an unsupported type {hint}")
-
-
-@dataclass(frozen=True)
-class MethodConfig:
-    """Base of every ``<Name>Config``: a JSON round trip rejecting unknown keys and wrong types; a hash."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every field, defaults included, as JSON-ready values."""
-        return {
-            field.name: list(value) if isinstance(value := getattr(self, field.name), tuple) else value
-            for field in dataclasses.fields(self)
-        }
-
-    @classmethod
-    def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
-        """Build from a mapping; unknown keys and values of the wrong type raise :class:`ConfigError`."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; known fields: {sorted(known)}")
-        hints = typing.get_type_hints(cls)
-        return cls(**{key: _coerce(cls.__name__, key, value, hints[key]) for key, value in data.items()})
-
-    def hash(self, method: str) -> str:
-        """16 hex digits of SHA-256 over the method name and the resolved config."""
-        text = json.dumps({"method": method, "config": self.to_dict()}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def check_fraction(owner: str, name: str, value: float, *, open_top: bool = False) -> None:
-    """Raise unless ``value`` is in [0, 1] (or [0, 1) with ``open_top``)."""
-    if not (0.0 <= value < 1.0 if open_top else 0.0 <= value <= 1.0):
-        raise ConfigError(f"{owner}: {name} must be in [0, 1{')' if open_top else ']'}, got {value}")
-
-
-def check_choice(owner: str, name: str, value: str, choices: Sequence[str]) -> None:
-    """Raise unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ConfigError(f"{owner}: {name} must be one of {list(choices)}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    """One file counted in storage: path (relative to the merged dir, or absolute for base files)."""
-
-    path: str
-    bytes: int
-    component: str
-
-
-@dataclass(frozen=True)
-class Storage:
-    """Bytes on disk of a merged model, by file, with the two reference banks."""
-
-    files: tuple[StoredFile, ...]
-    dense_bank_bytes: int
-    lora_bank_bytes: int
-
-    @property
-    def total_bytes(self) -> int:
-        """Sum over every counted file."""
-        return sum(entry.bytes for entry in self.files)
-
-    @property
-    def fraction_of_dense_bank(self) -> float:
-        """``total_bytes / dense_bank_bytes``."""
-        return self.total_bytes / self.dense_bank_bytes
-
-    @property
-    def fraction_of_lora_bank(self) -> float:
-        """``total_bytes / lora_bank_bytes``."""
-        return self.total_bytes / self.lora_bank_bytes
-
-    def by_component(self) -> dict[str, int]:
-        """Bytes per component (``base``, ``shared``, ``skill``, ``router``, ``metadata``)."""
-        totals: dict[str, int] = {}
-        for entry in self.files:
-            totals[entry.component] = totals.get(entry.component, 0) + entry.bytes
-        return totals
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form of ``storage.json`` (totals and fractions included, for readers without Python)."""
-        return {
-            "files": [dataclasses.asdict(entry) for entry in self.files],
-            "total_bytes": self.total_bytes,
-            "dense_bank_bytes": self.dense_bank_bytes,
-            "lora_bank_bytes": self.lora_bank_bytes,
-            "fraction_of_dense_bank": self.fraction_of_dense_bank,
-            "fraction_of_lora_bank": self.fraction_of_lora_bank,
-            "by_component": self.by_component(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Storage:
-        """Parse ``storage.json``."""
-        files = tuple(StoredFile(**entry) for entry in data["files"])
-        return cls(
-            files=files, dense_bank_bytes=data["dense_bank_bytes"], lora_bank_bytes=data["lora_bank_bytes"]
-        )
-
-
-def bank_bytes(experts: ExpertSet) -> tuple[int, int]:
-    """(dense expert bank, LoRA bank) bytes of an expert set, from its files' sizes."""
-    vlm = experts.base.file(VLM_FILE).stat().st_size
-    per_skill = [
-        expert.file(ACTION_EXPERT_FILE).stat().st_size + expert.file(NORM_STATS_FILE).stat().st_size
-        for expert in experts.experts
-    ]
-    lora = sum(expert.file(LORA_FILE).stat().st_size for expert in experts.experts)
-    return len(per_skill) * vlm + sum(per_skill), vlm + lora + sum(per_skill)
-
-
-@dataclass(frozen=True)
-class SkillWeights:
-    """What the evaluator turns into a policy for one skill.
-
-    Attributes:
-        skill: The skill name.
-        tensors: Every tensor in the base's namespace (VLM + action expert), LoRA folded, base dtypes.
-        norm_stats: The skill's action/proprio normalisation statistics.
-        policy_config: The ``VLAConfig`` dict of the base.
-    """
-
-    skill: str
-    tensors: dict[str, torch.Tensor]
-    norm_stats: NormStats
-    policy_config: Mapping[str, Any]
-
-
-def read_all(tensor_file: TensorFile) -> dict[str, torch.Tensor]:
-    """Every tensor of a file (for instantiation, which needs a whole skill in memory anyway)."""
-    return {name: tensor_file.read(name, check_finite=False) for name in tensor_file.names}
-
-
-def read_single_model(model: MergedModel) -> dict[str, torch.Tensor]:
-    """Tensors of a method that stores one whole model (its ``vlm`` and ``action_expert`` files)."""
-    return {**read_all(model.tensor_file(VLM_FILE)), **read_all(model.tensor_file(ACTION_EXPERT_FILE))}
-
-
-def skill_dir(index: int) -> str:
-    """Relative directory of the skill at ``index`` in the expert set (names may not be path-safe)."""
-    return f"skills/{index:02d}"
-
-
-class MergedModel:
-    """A merged model directory opened for reading (see the module docstring)."""
-
-    def __init__(self, path: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> None:
-        """Open ``path``; ``base`` overrides the recorded base checkpoint path (its base_id must match)."""
-        self.path = Path(path)
-        manifest_path = self.path / MERGED_FILE
-        try:
-            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(
-                f"{manifest_path}: missing: not a (complete) merged model directory"
-            ) from None
-        if (
-            self.manifest.get("format") != MERGED_FORMAT
-            or self.manifest.get("format_version") != MERGED_FORMAT_VERSION
-        ):
-            raise CheckpointError(f"{manifest_path}: not a {MERGED_FORMAT} v{MERGED_FORMAT_VERSION} manifest")
-        self.base = CheckpointDir.open(base or self.manifest["base"]["path"])
-        if self.base.base_id != self.manifest["base"]["base_id"]:
-            raise CheckpointError(
-                f"{self.base.path}: base_id {self.base.base_id[:12]}… differs from the merged model's "
-                f"{self.manifest['base']['base_id'][:12]}…"
-            )
-        self._files: dict[str, TensorFile] = {}
-        self._method: MergeMethod | None = None
-
-    @classmethod
-    def open(cls, path: str | os.PathLike[str], base: str | os.PathLike[str] | None = None) -> MergedModel:
-        """Open a merged model directory (same as the constructor)."""
-        return cls(path, base)
-
-    @property
-    def method_name(self) -> str:
-        """The registered method name."""
-        return str(self.manifest["method"])
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The resolved method config, defaults included."""
-        return dict(self.manifest["config"])
-
-    @property
-    def config_hash(self) -> str:
-        """Hash of method name + resolved config."""
-        return str(self.manifest["config_hash"])
-
-    @property
-    def expert_set_id(self) -> str:
-        """Content id of the expert set (of the experts admitted so far, for a continual method)."""
-        return str(self.manifest["expert_set"]["id"])
-
-    @property
-    def skills(self) -> list[str]:
-        """Skill names, in expert-set (admission) order."""
-        return list(self.manifest["skills"])
-
-    @property
-    def kind(self) -> str:
-        """``"one_shot"`` or ``"continual"``."""
-        return str(self.manifest["kind"])
-
-    @property
-    def state(self) -> dict[str, Any]:
-        """The method's own JSON state."""
-        return dict(self.manifest["state"])
-
-    @property
-    def policy_config(self) -> dict[str, Any]:
-        """The base's ``VLAConfig`` dict."""
-        return dict(self.manifest["policy"])
-
-    @property
-    def own_router(self) -> str | None:
-        """Registered name of the method's own router, or None."""
-        return self.manifest["router"]
-
-    @property
-    def storage(self) -> Storage:
-        """The storage manifest (bytes measured on disk when the directory was written)."""
-        return Storage.from_dict(json.loads((self.path / STORAGE_FILE).read_text()))
-
-    def skill_index(self, skill: str) -> int:
-        """Position of ``skill`` in the expert set; an unknown skill raises listing the known ones."""
-        if skill not in self.manifest["skills"]:
-            raise KeyError(f"{self.path}: no skill {skill!r}; skills: {self.manifest['skills']}")
-        return self.manifest["skills"].index(skill)
-
-    def tensor_file(self, relative: str) -> TensorFile:
-        """A safetensors file of the merged directory (headers cached)."""
-        if relative not in self._files:
-            self._files[relative] = TensorFile(self.path / relative, f"merged model {self.path.name!r}")
-        return self._files[relative]
-
-    def base_file(self, name: str) -> TensorFile:
-        """A safetensors file of the base checkpoint (headers cached)."""
-        key = "base:" + name
-        if key not in self._files:
-            self._files[key] = TensorFile(self.base.file(name), "base")
-        return self._files[key]
-
-    def norm_stats(self, skill: str) -> NormStats:
-        """The skill's normalisation statistics."""
-        path = self.path / skill_dir(self.skill_index(skill)) / NORM_STATS_FILE
-        return NormStats.from_dict(json.loads(path.read_text()), str(path))
-
-    def instructions(self, skill: str) -> list[str]:
-        """The instructions the skill's expert was trained on."""
-        return list(self.manifest["instructions"][skill])
-
-    @property
-    def method(self) -> MergeMethod:
-        """The method object rebuilt from the recorded name and config."""
-        if self._method is None:
-            from vlamergebench.plugins import recorded_method
-
-            # The name comes from a file: made only if this process trusts it (vlamergebench/plugins.py).
-            name = recorded_method(self.manifest, str(self.path / MERGED_FILE))
-            self._method = make_method(name, **self.config)
-        return self._method
-
-    def instantiate(self, skill: str) -> SkillWeights:
-        """Full tensors of ``skill`` in the base's namespace, its norm stats and the policy config."""
-        self.skill_index(skill)
-        tensors = self.method.instantiate(self, skill)
-        return SkillWeights(skill, tensors, self.norm_stats(skill), self.policy_config)
-
-    def router(self, name: str | None = None, **kwargs: Any) -> Any:
-        """A router over this model's skills: ``name`` from the router registry, default the method's own."""
-        from vlamergebench.merge_methods.registry import ROUTERS
-
-        chosen = name or self.own_router
-        if chosen is None:
-            raise ValueError(
-                f"method {self.method_name!r} has no router of its own; name one (e.g. 'oracle')"
-            )
-        return ROUTERS.make(chosen, model=self, **kwargs)
-
-
-class MergeMethod(ABC):
-    """A registered method: a name, a frozen config, how to write a merged directory and read it back."""
+class MergeMethod(ABC, Generic[C]):
+    """A registered method: a name, a frozen config ``C``, how to write a merged directory and read it."""
 
     config_class: ClassVar[type[MethodConfig]]
     kind: ClassVar[str] = "one_shot"
     base_files: ClassVar[tuple[str, ...]] = ()  # base checkpoint files the merged model needs at inference
     norm_stats_from_base: ClassVar[bool] = False  # True only where every skill runs the base's own head
 
-    def __init__(self, name: str, config: MethodConfig) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Take ``config_class`` from the type argument (``Ties(OneShotMethod[TiesConfig])``) and check it."""
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            argument = next(iter(typing.get_args(base)), None)
+            if isinstance(argument, type):
+                cls.config_class = argument
+        if inspect.isabstract(cls):
+            return
+        config_class = getattr(cls, "config_class", None)
+        if not (isinstance(config_class, type) and issubclass(config_class, MethodConfig)):
+            raise TypeError(
+                f"{cls.__name__}: declare the config, e.g. class {cls.__name__}(OneShotMethod[Config])"
+            )
+        if cls.kind not in KINDS:
+            raise TypeError(f"{cls.__name__}: kind must be one of {KINDS}, got {cls.kind!r}")
+
+    def __init__(self, name: str, config: C) -> None:
         """Bind the registered ``name`` to a validated ``config``."""
         if not isinstance(config, self.config_class):
             raise TypeError(
                 f"{name}: config must be {self.config_class.__name__}, got {type(config).__name__}"
             )
         self.name = name
-        self.config = config
+        self.config: C = config
 
     @abstractmethod
     def instantiate(self, model: MergedModel, skill: str) -> dict[str, torch.Tensor]:
@@ -435,7 +122,7 @@ class MergeMethod(ABC):
                 "method": self.name,
                 "kind": self.kind,
                 "config": self.config.to_dict(),
-                "config_hash": self.config.hash(self.name),
+                "config_hash": self.config.hash(),
                 "method_source": method_source(self.name),
                 "router": method_metadata(self.name)["router"],
                 "expert_set": {"id": experts.id, "name": experts.name, "path": str(experts.path.resolve())},
@@ -447,31 +134,11 @@ class MergeMethod(ABC):
                 "state": dict(state),
             },
         )
-        files = [
-            StoredFile(
-                str(path.relative_to(work.work)), path.stat().st_size, _component(path.relative_to(work.work))
-            )
-            for path in sorted(work.work.rglob("*"))
-            if path.is_file() and path.name != STORAGE_FILE
-        ]
-        files += [
-            StoredFile(str(experts.base.file(name).resolve()), experts.base.file(name).stat().st_size, "base")
-            for name in self.base_files
-        ]
-        dense_bank, lora_bank = bank_bytes(experts)
-        work.write_json(STORAGE_FILE, Storage(tuple(files), dense_bank, lora_bank).to_dict())
+        work.write_json(STORAGE_FILE, measure_storage(work.work, experts, self.base_files).to_dict())
         return MergedModel(work.commit())
 
 
-def _component(relative: Path) -> str:
-    if relative.parts[0] == "skills":
-        return "skill"
-    if relative.name.startswith("router"):
-        return "router"
-    return "metadata" if relative.suffix == ".json" else "shared"
-
-
-class OneShotMethod(MergeMethod):
+class OneShotMethod(MergeMethod[C]):
     """A method that sees the whole expert set at once."""
 
     def merge(
@@ -492,7 +159,7 @@ class OneShotMethod(MergeMethod):
         """Write the method's tensors into ``work``; return its JSON state for ``merged.json``."""
 
 
-class ContinualMethod(MergeMethod):
+class ContinualMethod(MergeMethod[C]):
     """Admits experts one at a time; its merged directory is its whole state between admissions."""
 
     kind = "continual"
@@ -532,6 +199,30 @@ class ContinualMethod(MergeMethod):
     ) -> Mapping[str, Any]:
         """Write the state after admitting ``seen.experts[-1]``; return the JSON state."""
 
+    def admissions(
+        self,
+        experts: ExpertSet,
+        snapshot_dir: str | os.PathLike[str],
+        *,
+        reuse: bool = False,
+        overwrite: bool = False,
+        progress: bool = True,
+    ) -> list[MergedModel]:
+        """Admit every expert in order; the model after admission t is ``snapshot_dir/<t>`` (01, 02, ...).
+
+        With ``reuse``, a snapshot already there from this method, config and expert prefix is kept (a resumed
+        evaluation); any other snapshot is rewritten when ``overwrite``, else raises.
+        """
+        models: list[MergedModel] = []
+        for count in range(1, len(experts.experts) + 1):
+            seen, target = prefix(experts, count), Path(snapshot_dir) / f"{count:02d}"
+            model = _matching(target, self, seen) if reuse else None
+            if model is None:
+                previous = models[-1] if models else None
+                model = self.admit(seen, previous, target, overwrite=overwrite, progress=progress)
+            models.append(model)
+        return models
+
     def merge(
         self,
         experts: ExpertSet,
@@ -551,17 +242,13 @@ class ContinualMethod(MergeMethod):
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out}: already exists (pass overwrite to replace it)")
         out.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.admissions-", dir=out.parent))
-        previous: MergedModel | None = None
+        remove_stale_work(out)
+        scratch = hidden_work_dir(out, "admissions")
         try:
-            for count in range(1, len(experts.experts) + 1):
-                folder = Path(snapshot_dir) if snapshot_dir is not None else scratch
-                target = folder / f"{count:02d}"
-                previous = self.admit(
-                    prefix(experts, count), previous, target, overwrite=overwrite, progress=progress
-                )
+            folder = Path(snapshot_dir) if snapshot_dir is not None else scratch
+            final = self.admissions(experts, folder, overwrite=overwrite, progress=progress)[-1]
             with AtomicDirectory(out, overwrite) as work:
-                shutil.copytree(previous.path, work.work, dirs_exist_ok=True)  # type: ignore[union-attr]
+                shutil.copytree(final.path, work.work, dirs_exist_ok=True)
                 return MergedModel(work.commit())
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -572,81 +259,122 @@ def prefix(experts: ExpertSet, count: int) -> ExpertSet:
     return ExpertSet(path=experts.path, name=experts.name, base=experts.base, experts=experts.experts[:count])
 
 
-def make_method(name: str, **overrides: Any) -> MergeMethod:
-    """Build method ``name`` with config ``overrides`` laid over its registered defaults.
+def merged_or_rewritten(
+    method: OneShotMethod[Any], experts: ExpertSet, directory: Path, progress: bool
+) -> MergedModel:
+    """The merged model of ``experts`` in ``directory``: reused if this method and config wrote it."""
+    model = _matching(directory, method, experts)
+    return model or method.merge(experts, directory, overwrite=True, progress=progress)
 
-    ``name`` is a registered name, an installed plug-in's, or an import path ``package.module:Name`` (which
-    the caller vouches for: see ``vlamergebench/plugins.py``).
+
+def _matching(directory: Path, method: MergeMethod[Any], experts: ExpertSet) -> MergedModel | None:
+    if not (directory / MERGED_FILE).is_file():
+        return None
+    from vlamergebench.plugins import method_source
+
+    model = MergedModel.open(directory)
+    recorded = model.manifest.get("method_source")  # the same method code: a plug-in upgraded is merged again
+    same = (
+        model.config_hash == method.config.hash()
+        and model.expert_set_id == experts.id
+        and (recorded is None or recorded == method_source(method.name))
+    )
+    return model if same else None
+
+
+# ---- task-vector methods ------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskVectors:
+    """The T experts' task vectors of one VLM tensor, read on demand (stacked, one by one, or summed).
+
+    Attributes:
+        name: The tensor's name.
+        base: The base weight W_0, float32 (None where the views need no base: LoRA task vectors).
+        views: One task-vector view per expert, in expert-set order.
     """
-    from vlamergebench.plugins import load_method_class, resolve_method
 
-    spec = resolve_method(name)
-    method_class = load_method_class(name)
-    config = method_class.config_class.from_dict({**spec.kwargs, **overrides})
-    return method_class(name, config)
+    name: str
+    base: torch.Tensor | None
+    views: Sequence[ExpertView]
+
+    def stacked(self) -> torch.Tensor:
+        """``(T, *shape)`` float32 task vectors."""
+        return torch.stack([view.task_vector(self.name, self.base) for view in self.views])
+
+    def each(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(skill, tau_t)`` one expert at a time (one task vector in memory)."""
+        for view in self.views:
+            yield view.skill, view.task_vector(self.name, self.base)
+
+    def sum(self) -> torch.Tensor:
+        """``sum_t tau_t`` as one running sum (never T task vectors in memory); non-finite input raises."""
+        dense = self.views[0].source == "dense"
+        if dense:  # sum_t W_t - T W_0: one widening per expert, no subtraction each
+            terms = (view.weight(self.name, self.base) for view in self.views)
+        else:
+            terms = (view.task_vector(self.name, self.base, check=False) for view in self.views)
+        first = next(terms)
+        total = first.clone() if first is self.base else first
+        for term in terms:
+            total += term
+        if dense:
+            total.sub_(self.base, alpha=len(self.views))
+        if count_non_finite(total):  # every NaN/Inf of every tau reaches the sum: one check, not T
+            for view in self.views:  # find the expert at fault (its check raises), else the sum overflowed
+                view.task_vector(self.name, self.base)
+            raise MergeInputError(f"the task-vector sum of {self.name!r} overflows")
+        return total
 
 
-# ---- streaming helpers shared by the methods ---------------------------------------------------------------
+@dataclass
+class MergePass:
+    """What one merge of a task-vector method knows beyond the tensor at hand.
 
-
-def target_names(base: CheckpointIndex, views: Sequence[ExpertView]) -> list[str]:
-    """VLM tensors that are a LoRA target of at least one expert, in the base file's order."""
-    return [name for name in base.file(VLM_FILE).names if any(view.is_target(name) for view in views)]
-
-
-def stacked_task_vectors(
-    views: Sequence[ExpertView], name: str, base_weight: torch.Tensor | None
-) -> torch.Tensor:
-    """``(T, *shape)`` float32 task vectors of one VLM tensor."""
-    return torch.stack([view.task_vector(name, base_weight) for view in views])
-
-
-def write_vlm(
-    path: Path,
-    base: CheckpointIndex,
-    merged_delta: Callable[[str, torch.Tensor], torch.Tensor],
-    targets: Sequence[str],
-    progress: bool,
-) -> None:
-    """Write a whole VLM: base tensors copied, each target ``base + merged_delta(name, base)``, base dtype.
-
-    ``merged_delta`` receives the base weight in float32 and returns a fresh float32 delta (added to in
-    place).
+    Attributes:
+        skills: The skills, in expert-set order.
+        thresholds: Per expert, the k-th largest |tau| over the whole task vector, when the method asked for a
+            global top-k (:meth:`TaskVectorMethod.global_keep_fraction`); else None.
+        tally: Counts a method keeps over the tensors (reported in its state).
     """
-    vlm = base.file(VLM_FILE)
-    wanted = set(targets)
-    specs = [(name, vlm.dtype(name), vlm.shape(name)) for name in vlm.names]
-    with StreamingSafetensorsWriter(path, specs) as writer:
-        for name in tqdm(vlm.names, desc="merging VLM tensors", disable=not progress, leave=False):
-            if name not in wanted:
-                writer.copy_from(name, vlm)
-                continue
-            weight = vlm.read(name)
-            base_float = as_float32(weight)
-            merged = merged_delta(name, base_float).add_(base_float)
-            check_finite_tensor(merged, f"merged tensor {name!r}")
-            writer.write(name, merged.to(weight.dtype))
+
+    skills: list[str]
+    thresholds: list[float] | None = None
+    tally: Counter[str] = field(default_factory=Counter)
 
 
-def write_action_expert(
-    path: Path, base: CheckpointIndex, views: Sequence[ExpertView], names: Sequence[str] | None = None
-) -> None:
-    """Write the uniform average of the experts' action-expert tensors (all, or ``names``), in base dtype.
+class TaskVectorMethod(OneShotMethod[T]):
+    """One merged model ``W_0 + merged_delta(tau_1..T)`` per VLM target tensor; averaged action expert."""
 
-    The action expert has no pretrained base to take task vectors against (MergeVLA ``weighted_average``).
-    """
-    reference = base.file(ACTION_EXPERT_FILE)
-    chosen = reference.names if names is None else list(names)
-    specs = [(name, reference.dtype(name), reference.shape(name)) for name in chosen]
-    with StreamingSafetensorsWriter(path, specs) as writer:
-        for name in chosen:
-            total = sum(view.action_expert(name).float() for view in views)
-            writer.write(name, (total / len(views)).to(reference.dtype(name)))  # type: ignore[operator]
+    def global_keep_fraction(self) -> float | None:
+        """The fraction kept by a global top-k of each task vector, if the formula needs its thresholds."""
+        return None
 
+    @abstractmethod
+    def merged_delta(self, tau: TaskVectors, run: MergePass) -> torch.Tensor:
+        """The merged float32 delta of one tensor (fresh: the base weight is added to it in place)."""
 
-def copy_action_expert(path: Path, view: ExpertView, names: Sequence[str]) -> None:
-    """Write the named tensors of one expert's action expert, unchanged."""
-    source = view.index.file(ACTION_EXPERT_FILE)
-    with StreamingSafetensorsWriter(path, [(n, source.dtype(n), source.shape(n)) for n in names]) as writer:
-        for name in names:
-            writer.copy_from(name, source)
+    def state(self, run: MergePass) -> Mapping[str, Any]:
+        """The JSON state written to ``merged.json``."""
+        return {}
+
+    def write(self, experts: ExpertSet, work: AtomicDirectory, progress: bool) -> Mapping[str, Any]:
+        """Optional global-threshold passes, one pass over the target tensors, the action-expert average."""
+        base, views = open_views(experts.base, experts.experts, self.config.task_vectors)
+        targets = target_names(base, views)
+        run = MergePass(list(experts.skills))
+        keep_fraction = self.global_keep_fraction()
+        if keep_fraction is not None and keep_fraction < 1.0:
+            run.thresholds = ops.global_thresholds(base, views, targets, keep_fraction, progress)
+
+        def merged_delta(name: str, weight: torch.Tensor) -> torch.Tensor:
+            return self.merged_delta(TaskVectors(name, weight, views), run)
+
+        write_vlm(work.file(VLM_FILE), base, merged_delta, targets, progress)
+        write_action_expert(work.file(ACTION_EXPERT_FILE), base, views)
+        return self.state(run)
+
+    def instantiate(self, model: MergedModel, skill: str) -> dict[str, torch.Tensor]:
+        """The one merged model (the same tensors for every skill)."""
+        return read_single_model(model)

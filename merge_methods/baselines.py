@@ -20,20 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from vlamergebench.merge_methods.base import (
-    MergedModel,
-    MethodConfig,
-    OneShotMethod,
-    copy_action_expert,
-    read_all,
-    skill_dir,
-    write_vlm,
-)
+
+from vlamergebench.merge_methods import ops
+from vlamergebench.merge_methods.base import OneShotMethod
+from vlamergebench.merge_methods.config import MethodConfig
 from vlamergebench.merge_methods.io import AtomicDirectory, CheckpointIndex, open_views
+from vlamergebench.merge_methods.merged import MergedModel, read_all, skill_dir
+from vlamergebench.merge_methods.writers import copy_action_expert, write_vlm
 from vlamergebench.policies.checkpoint import (
     ACTION_EXPERT_FILE,
-    LORA_A_SUFFIX,
-    LORA_B_SUFFIX,
     LORA_FILE,
     VLM_FILE,
     ExpertSet,
@@ -57,10 +52,9 @@ class LoraBankConfig(MethodConfig):
     """``lora_bank``: no parameters."""
 
 
-class BaseOnly(OneShotMethod):
+class BaseOnly(OneShotMethod[BaseOnlyConfig]):
     """Every skill runs the base checkpoint unchanged (its own head and norm stats)."""
 
-    config_class = BaseOnlyConfig
     base_files = (VLM_FILE, ACTION_EXPERT_FILE)
     norm_stats_from_base = True
 
@@ -73,10 +67,8 @@ class BaseOnly(OneShotMethod):
         return {**read_all(model.base_file(VLM_FILE)), **read_all(model.base_file(ACTION_EXPERT_FILE))}
 
 
-class ExpertBank(OneShotMethod):
+class ExpertBank(OneShotMethod[ExpertBankConfig]):
     """Keeps every expert as a whole dense policy (folded VLM + action expert) under ``skills/<NN>/``."""
-
-    config_class = ExpertBankConfig
 
     def write(self, experts: ExpertSet, work: AtomicDirectory, progress: bool) -> Mapping[str, Any]:
         """Fold each expert's LoRA into a full VLM file and copy its action expert."""
@@ -102,10 +94,9 @@ class ExpertBank(OneShotMethod):
         }
 
 
-class LoraBank(OneShotMethod):
+class LoraBank(OneShotMethod[LoraBankConfig]):
     """Keeps the base once and each expert's LoRA factors, action expert and norm stats."""
 
-    config_class = LoraBankConfig
     base_files = (VLM_FILE,)
 
     def write(self, experts: ExpertSet, work: AtomicDirectory, progress: bool) -> Mapping[str, Any]:
@@ -123,22 +114,11 @@ class LoraBank(OneShotMethod):
         """Base VLM with the skill's LoRA folded in (float32 sum, base dtype), plus its action expert."""
         folder = skill_dir(model.skill_index(skill))
         tensors = read_all(model.base_file(VLM_FILE))
-        fold_lora(
+        ops.fold_lora(
             tensors, read_all(model.tensor_file(f"{folder}/{LORA_FILE}")), model.state["lora_scale"][skill]
         )
         tensors.update(read_all(model.tensor_file(f"{folder}/{ACTION_EXPERT_FILE}")))
         return tensors
-
-
-def fold_lora(tensors: dict[str, torch.Tensor], factors: Mapping[str, torch.Tensor], scale: float) -> None:
-    """In place: ``W <- W + scale * B @ A`` for every ``<module>.lora_A``/``lora_B`` pair, in float32."""
-    for name in factors:
-        if not name.endswith(LORA_A_SUFFIX):
-            continue
-        module = name[: -len(LORA_A_SUFFIX)]
-        weight = tensors[module + ".weight"]
-        delta = (factors[module + LORA_B_SUFFIX].float() @ factors[name].float()).mul_(scale)
-        tensors[module + ".weight"] = (weight.float() + delta).to(weight.dtype)
 
 
 def _action_names(base: CheckpointIndex) -> list[str]:

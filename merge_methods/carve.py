@@ -49,17 +49,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from vlamergebench.merge_methods import ops
-from vlamergebench.merge_methods.base import (
-    ContinualMethod,
-    MergedModel,
-    MethodConfig,
-    check_choice,
-    copy_action_expert,
-    read_all,
-    skill_dir,
-)
+from vlamergebench.merge_methods.base import ContinualMethod
+from vlamergebench.merge_methods.config import MethodConfig, check_choice
 from vlamergebench.merge_methods.io import AtomicDirectory, StreamingSafetensorsWriter, open_views
+from vlamergebench.merge_methods.merged import MergedModel, read_all, skill_dir
+from vlamergebench.merge_methods.writers import copy_action_expert
 from vlamergebench.policies.checkpoint import ACTION_EXPERT_FILE, VLM_FILE, ExpertSet
 
 CORE_FILE = "core.safetensors"
@@ -138,17 +134,16 @@ def expand(stored: Mapping[str, torch.Tensor], shape: torch.Size) -> torch.Tenso
     return (stored["U"].float() @ stored["V"].float().T).reshape(shape)
 
 
-class Carve(ContinualMethod):
+class Carve(ContinualMethod[CarveConfig]):
     """Continual core + residual merging with per-group beta; the text router by default."""
 
-    config_class = CarveConfig
     base_files = (VLM_FILE, ACTION_EXPERT_FILE)
 
     def write_admission(
         self, seen: ExpertSet, previous: MergedModel | None, work: AtomicDirectory, progress: bool
     ) -> Mapping[str, Any]:
         """Stream every changeable tensor: update the core, factorise the new skill's residual."""
-        config: CarveConfig = self.config  # type: ignore[assignment]
+        config = self.config
         count = len(seen.experts)
         rate = 1.0 / math.sqrt(count) if config.rate == "inv_sqrt" else 1.0 / count
         base, (view,) = open_views(seen.base, seen.experts[-1:], config.task_vectors)
@@ -177,7 +172,7 @@ class Carve(ContinualMethod):
                     previous.tensor_file(CORE_FILE).read(name).float()
                     if name in earlier
                     else torch.zeros_like(tau)
-                )  # type: ignore[union-attr]
+                )
                 stored = ops.sign_concordant_update(core, tau, rate).to(source[name].dtype(name))
                 writer.write(name, stored)
                 generator = ops.generator_for(config.seed, view.skill, name)
@@ -207,7 +202,7 @@ class Carve(ContinualMethod):
 
     def betas(self, model: MergedModel, skill: str) -> dict[str, float]:
         """Beta per group for ``skill`` against the current core."""
-        config: CarveConfig = self.config  # type: ignore[assignment]
+        config = self.config
         state = model.state
         core, task = state["core_norms"], state["task_norms"][skill]
         if not config.use_beta:
@@ -242,7 +237,7 @@ class Carve(ContinualMethod):
                 }
                 value = value + expand(stored, weight.shape)
             tensors[name] = value.to(weight.dtype)
-        if skill is not None and self.config.action_expert == "own":  # type: ignore[attr-defined]
+        if skill is not None and self.config.action_expert == "own":
             own = f"{skill_dir(model.skill_index(skill))}/{ACTION_EXPERT_FILE}"
             tensors.update(read_all(model.tensor_file(own)))
         return tensors

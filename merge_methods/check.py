@@ -21,8 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from vlamergebench.merge_methods.base import STORAGE_FILE, MergedModel, MergeMethod, make_method
+
+from vlamergebench.merge_methods.base import MergeMethod
 from vlamergebench.merge_methods.io import TensorFile
+from vlamergebench.merge_methods.merged import STORAGE_FILE, MergedModel
+from vlamergebench.merge_methods.registry import make_method
 from vlamergebench.policies.checkpoint import ACTION_EXPERT_FILE, VLM_FILE, ExpertSet
 
 
@@ -36,7 +39,7 @@ def check_config_round_trip(method: MergeMethod, merged: MergedModel) -> None:
     again = type(method.config).from_dict(json.loads(text))
     if again != method.config:
         raise MethodContractError(f"{method.name}: config changed through JSON: {method.config} -> {again}")
-    if merged.config != method.config.to_dict() or merged.config_hash != method.config.hash(method.name):
+    if merged.config != method.config.to_dict() or merged.config_hash != method.config.hash():
         raise MethodContractError(f"{method.name}: {merged.path} records another config or hash")
 
 
@@ -108,8 +111,8 @@ def check_method(
     """Merge ``experts`` twice with method ``name`` and run every check; returns the first merged model."""
     workdir = Path(workdir)
     method = make_method(name, **overrides)
-    merged = method.merge(experts, workdir / f"{name}-a", progress=False)  # type: ignore[attr-defined]
-    again = make_method(name, **overrides).merge(experts, workdir / f"{name}-b", progress=False)  # type: ignore
+    merged = method.merge(experts, workdir / f"{name}-a", progress=False)
+    again = make_method(name, **overrides).merge(experts, workdir / f"{name}-b", progress=False)
     check_config_round_trip(method, merged)
     first = check_namespace(method, merged)
     check_determinism(method, first, check_namespace(method, again))

@@ -1,8 +1,7 @@
 """Consensus merging (``consensus_ta``, ``consensus_ties``): keep only weights that several task masks want.
 
 Paper: Wang et al., "Localizing Task Information for Improved Model Merging and Compression", ICML 2024,
-arXiv:2405.07813. Code: ``nik-dim/tall_masks`` (``src/utils/tallmask_utils.py``, ``src/eval/aggregation.py``),
-as read in ``research/merge-methods.md`` section 2.4.
+arXiv:2405.07813. Code: ``nik-dim/tall_masks`` (``src/utils/tallmask_utils.py``, ``src/eval/aggregation.py``).
 
 Update rule, per VLM target tensor (float32)::
 
@@ -29,27 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from vlamergebench.merge_methods import ops
-from vlamergebench.merge_methods.base import (
-    MergedModel,
-    MethodConfig,
-    OneShotMethod,
-    check_choice,
-    check_fraction,
-    read_single_model,
-    stacked_task_vectors,
-    target_names,
-    write_action_expert,
-    write_vlm,
-)
-from vlamergebench.merge_methods.io import AtomicDirectory, open_views
-from vlamergebench.merge_methods.ties import global_thresholds, ties_delta
-from vlamergebench.policies.checkpoint import ACTION_EXPERT_FILE, VLM_FILE, ExpertSet
+from vlamergebench.merge_methods.base import MergePass, TaskVectorMethod, TaskVectors
+from vlamergebench.merge_methods.config import TaskVectorConfig, check_choice, check_fraction
 
 
 @dataclass(frozen=True)
-class ConsensusConfig(MethodConfig):
-    """Consensus merging parameters.
+class ConsensusConfig(TaskVectorConfig):
+    """Consensus parameters (and ``task_vectors``: "lora", the factors, or "dense").
 
     Attributes:
         merge: tau_MTL rule: "ta" (sum) or "ties" (global top-k trim, elect, disjoint sum).
@@ -57,7 +44,6 @@ class ConsensusConfig(MethodConfig):
         mask_strength: lambda of the TALL masks (0.6: FusionBench / MergeVLA fixed value).
         keep_fraction: TIES trim for merge = "ties" (0.2, global).
         scale: lambda applied to the consensus vector (1.0).
-        task_vectors: Where tau comes from: "lora" (factors) or "dense" (folded weights minus the base).
     """
 
     merge: str = "ta"
@@ -65,48 +51,34 @@ class ConsensusConfig(MethodConfig):
     mask_strength: float = 0.6
     keep_fraction: float = 0.2
     scale: float = 1.0
-    task_vectors: str = "lora"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         owner = type(self).__name__
         check_choice(owner, "merge", self.merge, ("ta", "ties"))
-        check_choice(owner, "task_vectors", self.task_vectors, ("lora", "dense"))
         check_fraction(owner, "keep_fraction", self.keep_fraction)
 
 
-class Consensus(OneShotMethod):
+class Consensus(TaskVectorMethod[ConsensusConfig]):
     """One model: the multi-task vector restricted to weights at least ``min_agreement`` TALL masks keep."""
 
-    config_class = ConsensusConfig
+    def global_keep_fraction(self) -> float | None:
+        """``keep_fraction`` when tau_MTL is TIES (global top-k)."""
+        return self.config.keep_fraction if self.config.merge == "ties" else None
 
-    def write(self, experts: ExpertSet, work: AtomicDirectory, progress: bool) -> Mapping[str, Any]:
-        """Global-threshold passes (TIES only), then one pass: tau_MTL, masks, votes, merged tensor."""
-        config: ConsensusConfig = self.config  # type: ignore[assignment]
-        base, views = open_views(experts.base, experts.experts, config.task_vectors)
-        targets = target_names(base, views)
-        thresholds = None
-        if config.merge == "ties" and config.keep_fraction < 1.0:
-            thresholds = global_thresholds(base, views, targets, config.keep_fraction, progress)
-        kept, total = 0, 0
+    def merged_delta(self, tau: TaskVectors, run: MergePass) -> torch.Tensor:
+        """tau_MTL, the TALL masks of the untrimmed tau_t, their votes, and the kept part of tau_MTL."""
+        config = self.config
+        stacked = tau.stacked()
+        if config.merge == "ta":
+            multi_task = stacked.sum(dim=0)
+        else:
+            multi_task = ops.ties_delta(stacked.clone(), run.thresholds, config.keep_fraction, "sum")
+        votes = sum(ops.tall_mask(task, multi_task, config.mask_strength).to(torch.int16) for task in stacked)
+        consensus = votes >= config.min_agreement
+        run.tally.update(kept=int(consensus.sum()), total=consensus.numel())
+        return (multi_task * consensus).mul_(config.scale)
 
-        def merged_delta(name: str, weight: torch.Tensor) -> torch.Tensor:
-            nonlocal kept, total
-            stacked = stacked_task_vectors(views, name, weight)
-            if config.merge == "ta":
-                multi_task = stacked.sum(dim=0)
-            else:
-                multi_task = ties_delta(stacked.clone(), thresholds, config.keep_fraction, "sum")
-            votes = sum(
-                ops.tall_mask(tau, multi_task, config.mask_strength).to(torch.int16) for tau in stacked
-            )
-            consensus = votes >= config.min_agreement  # type: ignore[operator]
-            kept, total = kept + int(consensus.sum()), total + consensus.numel()
-            return (multi_task * consensus).mul_(config.scale)
-
-        write_vlm(work.file(VLM_FILE), base, merged_delta, targets, progress)
-        write_action_expert(work.file(ACTION_EXPERT_FILE), base, views)
-        return {"kept_fraction": kept / max(total, 1)}
-
-    def instantiate(self, model: MergedModel, skill: str) -> dict[str, torch.Tensor]:
-        """The one merged model."""
-        return read_single_model(model)
+    def state(self, run: MergePass) -> Mapping[str, Any]:
+        """The fraction of target weights the consensus kept."""
+        return {"kept_fraction": run.tally["kept"] / max(run.tally["total"], 1)}

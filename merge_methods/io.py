@@ -29,7 +29,9 @@ tensor, with what was expected against what was found.
 from __future__ import annotations
 
 import ctypes
+import glob
 import json
+import math
 import os
 import shutil
 import struct
@@ -40,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from vlamergebench.policies.checkpoint import (
     ACTION_EXPERT_FILE,
     DENSE_FILE,
@@ -123,6 +126,33 @@ def check_finite_tensor(tensor: torch.Tensor, what: str) -> None:
         raise MergeInputError(f"{what} has {bad} NaN/Inf values")
 
 
+def _header_entry(entry: Any, where: str) -> tuple[torch.dtype, tuple[int, ...], int, int]:
+    """``(dtype, shape, begin, end)`` of one safetensors header entry, every field checked."""
+    malformed = f"{where}: malformed header entry {json.dumps(entry)[:120]}"
+    if not isinstance(entry, dict):
+        raise MergeInputError(f"{malformed}; expected an object with dtype, shape and data_offsets")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not (
+        isinstance(shape, list)
+        and all(type(size) is int and size >= 0 for size in shape)
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(type(offset) is int for offset in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    ):
+        raise MergeInputError(
+            f"{malformed}; expected shape a list of sizes and data_offsets [begin, end] with begin <= end"
+        )
+    if dtype not in DTYPES:
+        raise MergeInputError(f"{where} has unsupported dtype {dtype!r}; supported: {sorted(DTYPES)}")
+    needed = math.prod(shape) * DTYPES[dtype].itemsize
+    if offsets[1] - offsets[0] != needed:
+        raise MergeInputError(
+            f"{where} holds {offsets[1] - offsets[0]} bytes; dtype {dtype} and shape {shape} need {needed}"
+        )
+    return DTYPES[dtype], tuple(shape), offsets[0], offsets[1]
+
+
 class TensorFile:
     """One safetensors file: header parsed eagerly, tensors read lazily, one at a time.
 
@@ -135,40 +165,47 @@ class TensorFile:
         self.path = Path(path)
         self.owner = owner
         self._handle: Any = None
+        not_safetensors = (
+            f"{owner}: {self.path} is not a safetensors file (expected an 8-byte header length and a JSON "
+            "header; a pickle or torch.save file is never loaded)"
+        )
         try:
             size = self.path.stat().st_size
             with open(self.path, "rb") as handle:
-                prefix = handle.read(8)
-                if len(prefix) < 8:
+                prefix = handle.read(9)
+                if len(prefix) < 9:
                     raise MergeInputError(f"{owner}: {self.path} is truncated ({size} bytes, no header)")
-                (header_bytes,) = struct.unpack("<Q", prefix)
+                if prefix[8:9] != b"{":
+                    raise MergeInputError(not_safetensors)
+                (header_bytes,) = struct.unpack("<Q", prefix[:8])
                 if 8 + header_bytes > size:
                     raise MergeInputError(
                         f"{owner}: {self.path} is truncated: header needs {header_bytes} bytes, "
                         f"file has {size}"
                     )
+                handle.seek(8)
                 header = json.loads(handle.read(header_bytes))
         except FileNotFoundError:
             raise MergeInputError(f"{owner}: {self.path} is missing") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
             raise MergeInputError(
                 f"{owner}: {self.path} has a corrupt safetensors header ({error})"
             ) from None
+        if not isinstance(header, dict):
+            raise MergeInputError(not_safetensors)
         self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        if not isinstance(self.metadata, dict):
+            raise MergeInputError(f"{owner}: {self.path}: malformed header: __metadata__ is not an object")
         self.data_start = 8 + header_bytes
         self._entries: dict[str, tuple[torch.dtype, tuple[int, ...], int, int]] = {}
         for name, entry in header.items():
-            if entry["dtype"] not in DTYPES:
-                raise MergeInputError(
-                    f"{owner}: {self.path}: tensor {name!r} has unsupported dtype {entry['dtype']}"
-                )
-            begin, end = entry["data_offsets"]
+            dtype, shape, begin, end = _header_entry(entry, f"{owner}: {self.path}: tensor {name!r}")
             if self.data_start + end > size:
                 raise MergeInputError(
                     f"{owner}: {self.path} is truncated: tensor {name!r} ends at byte "
                     f"{self.data_start + end}, file has {size} bytes"
                 )
-            self._entries[name] = (DTYPES[entry["dtype"]], tuple(entry["shape"]), begin, end)
+            self._entries[name] = (dtype, shape, begin, end)
 
     @property
     def names(self) -> list[str]:
@@ -512,11 +549,62 @@ class StreamingSafetensorsWriter:
             self._file.close()
 
 
+def refuse_overlap(out: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]], flag: str) -> None:
+    """Raise :class:`MergeInputError` if ``out`` is, contains or lies inside any of ``inputs``.
+
+    Writing (with overwrite) into an input's directory, or one above it, would replace that input.
+    """
+    target = Path(out).resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if target == source or source in target.parents or target in source.parents:
+            raise MergeInputError(
+                f"{flag} {target} overlaps the input {source}; expected a directory outside every input"
+            )
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def hidden_work_dir(path: Path, kind: str) -> Path:
+    """A new hidden sibling of ``path`` (``.<name>.<kind>-<pid>-<random>``) with the umask's permissions.
+
+    The pid in the name lets :func:`remove_stale_work` tell a dead process's leftovers from live work;
+    ``mkdtemp`` creates 0700, which would stay the mode of the final directory once it is renamed in.
+    """
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}-{os.getpid()}-", dir=path.parent))
+    work.chmod(0o777 & ~current_umask())
+    return work
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_work(path: Path) -> None:
+    """Delete hidden siblings of ``path`` left by merges whose process died (SIGTERM, SIGKILL, OOM)."""
+    for entry in path.parent.glob(f".{glob.escape(path.name)}.*-*-*"):
+        pid = entry.name[len(path.name) + 2 :].split("-")[1]
+        if entry.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 class AtomicDirectory:
     """Build a directory in a hidden sibling and rename it into place on :meth:`commit`.
 
     Used as a context manager: leaving the block without committing (an exception) deletes the work, so a
-    failed merge never leaves a directory that looks complete.
+    failed merge never leaves a directory that looks complete; work left by a killed process is deleted by
+    the next one writing the same path.
     """
 
     def __init__(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
@@ -525,7 +613,8 @@ class AtomicDirectory:
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path}: already exists (pass overwrite to replace it)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.work = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
+        remove_stale_work(self.path)
+        self.work = hidden_work_dir(self.path, "partial")
         self.committed = False
 
     def file(self, relative: str) -> Path:
@@ -543,7 +632,7 @@ class AtomicDirectory:
     def commit(self) -> Path:
         """Move the finished directory into place (replacing an old one) and return its path."""
         if self.path.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))
+            trash = hidden_work_dir(self.path, "old")
             os.replace(self.path, trash / "old")
             os.replace(self.work, self.path)
             shutil.rmtree(trash, ignore_errors=True)

@@ -1,7 +1,9 @@
-"""Pure tensor steps shared by the merge methods; each is unit-tested on hand-sized tensors.
+"""Steps shared by the merge methods; each is unit-tested on hand-sized tensors.
 
-Every function takes and returns tensors and never touches files or global random state: randomness comes from
-an explicit ``torch.Generator`` (seed it with :func:`tensor_seed`). Task vectors are float32.
+Every function but one takes and returns tensors and never touches files or global random state: randomness
+comes from an explicit ``torch.Generator`` (seed it with :func:`tensor_seed`). Task vectors are float32. The
+exception, :func:`global_thresholds`, streams task vectors through the experts' views (two histogram passes)
+to find a global top-k cutoff without holding the model in memory.
 
 Tie rules (bf16 checkpoints hit both often, so they are fixed here, once):
 
@@ -29,8 +31,13 @@ whole model costs two passes of histograms instead of holding the model in memor
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 
 import torch
+from tqdm import tqdm
+
+from vlamergebench.merge_methods.io import CheckpointIndex, ExpertView
+from vlamergebench.policies.checkpoint import LORA_A_SUFFIX, LORA_B_SUFFIX, VLM_FILE
 
 _HIGH_BINS = 1 << 15  # non-negative float32: the sign bit is 0, so the high half-word is < 2^15
 _LOW_BINS = 1 << 16
@@ -85,7 +92,7 @@ class MagnitudeHistogram:
             self.high += torch.bincount(high, minlength=_HIGH_BINS)
             self.count += bits.numel()
         else:
-            self.low += torch.bincount(bits[high == self.bin] & 0xFFFF, minlength=_LOW_BINS)  # type: ignore[operator]
+            self.low += torch.bincount(bits[high == self.bin] & 0xFFFF, minlength=_LOW_BINS)
 
     def select(self, k: int) -> None:
         """Fix k (1 = the largest) after pass 1."""
@@ -109,7 +116,7 @@ class MagnitudeHistogram:
                 raise RuntimeError("MagnitudeHistogram: call select(k) (and the second pass) first")
             from_top = torch.flip(self.low, [0]).cumsum(0)
             position = int(torch.searchsorted(from_top, torch.tensor(self.rank_in_bin)))
-            bits = (int(self.bin) << 16) | (_LOW_BINS - 1 - position)  # type: ignore[arg-type]
+            bits = (int(self.bin) << 16) | (_LOW_BINS - 1 - position)
             self.result = float(torch.tensor(bits, dtype=torch.int32).view(torch.float32))
         return self.result
 
@@ -135,7 +142,7 @@ def _kth_largest(magnitudes: torch.Tensor, k: int) -> float:
     histogram.count = bits.numel()
     histogram.select(k)
     if histogram.needs_second_pass:
-        histogram.low += torch.bincount(bits[high == histogram.bin] & 0xFFFF, minlength=_LOW_BINS)  # type: ignore
+        histogram.low += torch.bincount(bits[high == histogram.bin] & 0xFFFF, minlength=_LOW_BINS)
     return histogram.threshold
 
 
@@ -262,3 +269,53 @@ def sign_concordant_update(core: torch.Tensor, task_vector: torch.Tensor, rate: 
     """CARVE core step: ``(1 - rate) core + rate tau`` where the core is 0 or shares tau's sign, else kept."""
     protected = (core == 0) | (torch.sign(core) == torch.sign(task_vector))
     return torch.where(protected, core * (1.0 - rate) + task_vector * rate, core)
+
+
+def ties_delta(
+    stacked: torch.Tensor, thresholds: Sequence[float] | None, keep_fraction: float, reduce: str
+) -> torch.Tensor:
+    """TIES on a ``(T, ...)`` task-vector stack: trim (by ``thresholds``, else per tensor), elect, merge."""
+    for index in range(stacked.shape[0]):
+        if thresholds is not None:
+            stacked[index] = trim_below(stacked[index], thresholds[index])
+        else:
+            stacked[index] = trim_to_top_fraction(stacked[index], keep_fraction)
+    return disjoint_merge(stacked, elect_sign(stacked), reduce)
+
+
+def global_thresholds(
+    base: CheckpointIndex,
+    views: Sequence[ExpertView],
+    targets: Sequence[str],
+    keep_fraction: float,
+    progress: bool,
+) -> list[float]:
+    """Per expert, the k-th largest |tau| over all ``targets`` (two streaming histogram passes)."""
+    vlm = base.file(VLM_FILE)
+    numel = sum(torch.Size(vlm.shape(name)).numel() for name in targets)
+    histograms = [MagnitudeHistogram() for _ in views]
+    for pass_index in (1, 2):
+        if pass_index == 2 and not any(histogram.needs_second_pass for histogram in histograms):
+            break
+        for name in tqdm(
+            targets, desc=f"TIES global top-k, pass {pass_index}", disable=not progress, leave=False
+        ):
+            weight = vlm.read(name) if views[0].source == "dense" else None
+            for view, histogram in zip(views, histograms, strict=True):
+                if pass_index == 1 or histogram.needs_second_pass:
+                    histogram.add(view.task_vector(name, weight).abs_())
+        if pass_index == 1:
+            for histogram in histograms:
+                histogram.select(keep_count(numel, keep_fraction))
+    return [histogram.threshold for histogram in histograms]
+
+
+def fold_lora(tensors: dict[str, torch.Tensor], factors: Mapping[str, torch.Tensor], scale: float) -> None:
+    """In place: ``W <- W + scale * B @ A`` for every ``<module>.lora_A``/``lora_B`` pair, in float32."""
+    for name in factors:
+        if not name.endswith(LORA_A_SUFFIX):
+            continue
+        module = name[: -len(LORA_A_SUFFIX)]
+        weight = tensors[module + ".weight"]
+        delta = (factors[module + LORA_B_SUFFIX].float() @ factors[name].float()).mul_(scale)
+        tensors[module + ".weight"] = (weight.float() + delta).to(weight.dtype)

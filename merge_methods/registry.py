@@ -7,13 +7,17 @@ instantiating needs the skill for its *weights*; every method selects per-skill 
 ``router`` (its own router, or None: run it with ``oracle`` or a named router), ``kind`` (``one_shot`` or
 ``continual``) and ``stores`` (what its merged directory holds at inference). A variant that differs only in
 defaults is a second registration with ``kwargs``, never a second file. Build a method with
-``base.make_method(name, **overrides)``. Installed plug-ins and ``package.module:Name`` import paths join
+``make_method(name, **overrides)``. Installed plug-ins and ``package.module:Name`` import paths join
 these entries through ``vlamergebench/plugins.py``.
 """
 
 from __future__ import annotations
 
-from vlamergebench.registry import Registry
+import importlib.metadata
+import re
+from typing import Any
+
+from vlamergebench.registry import Registry, Spec
 
 # Installed packages add entries through these entry-point groups (vlamergebench/plugins.py).
 METHODS = Registry("merge method", entry_point_group="vlamergebench.merge_methods")
@@ -32,6 +36,17 @@ _MERGEVLA = (
     "MergeVLA: Cross-Skill Model Merging Toward a Generalist Vision-Language-Action Agent",
     "2511.18810",
 )
+_TSV = ("Task Singular Vectors: Reducing Task Interference in Model Merging", "2412.00081")
+_ISO = ("No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces", "2502.04959")
+_WUDI = (
+    "Whoever Started the Interference Should End It: Guiding Data-Free Model Merging via Task Vectors",
+    "2503.08099",
+)
+_KNOTS = ("Model merging with SVD to tie the KnOTS", "2410.19735")
+_CORE = ("Accurate and Efficient Low-Rank Model Merging in Core Space", "2509.17786")
+_EMR = ("EMR-Merging: Tuning-Free High-Performance Model Merging", "2405.17461")
+_LINES = ("LiNeS: Post-training Layer Scaling Prevents Forgetting and Enhances Model Merging", "2410.17146")
+_TWIN = ("Twin-Merging: Dynamic Integration of Modular Expertise in Model Merging", "2406.15479")
 _CARVE = ("CARVE: continual VLA expert merging (anonymous NeurIPS 2026 submission)", None)
 _MERGEVLA_STORES = (
     "base + tau_merge + per-skill bit-packed masks + shared head + per-skill expert heads + router keys"
@@ -180,6 +195,60 @@ _method(
     router="mergevla_value_subspace",
     stores=_MERGEVLA_STORES,
 )
+for _name, _entry, _paper, _kwargs in (
+    ("tsv", "tsv:TsvMerge", _TSV, None),
+    ("iso_c", "iso:Iso", _ISO, {"variant": "c"}),
+    ("iso_cts", "iso:Iso", _ISO, {"variant": "cts"}),
+    ("wudi", "wudi:Wudi", _WUDI, None),
+    ("knots", "knots:Knots", _KNOTS, None),
+    ("core_space", "core_space:CoreSpace", _CORE, None),
+    ("lines_ta", "lines:Lines", _LINES, {"base_merge": "ta"}),
+    ("lines_ties", "lines:Lines", _LINES, {"base_merge": "ties"}),
+):
+    _method(_name, _entry, _paper, kwargs=_kwargs, needs_task_identity=False, router=None, stores=_ONE_MODEL)
+_method(
+    "tsv_c",
+    "tsv:TsvCompress",
+    _TSV,
+    needs_task_identity=True,
+    router=None,
+    stores="base + per skill its top-min(m,n)/T singular factors (U S, V) per target + its own action expert",
+)
+_method(
+    "emr",
+    "emr:Emr",
+    _EMR,
+    needs_task_identity=True,
+    router=None,
+    stores="base + tau_uni + per-skill bit-packed masks + per-skill rescalers + averaged action expert",
+)
+_method(
+    "twin_merging",
+    "twin:TwinMerging",
+    _TWIN,
+    needs_task_identity=True,
+    router=None,
+    stores="shared VLM (base + 0.29 sum tau) + per skill low-rank twin factors, action expert, norm stats",
+)
+_method(
+    "continual_ta",
+    "continual:ContinualTaskArithmetic",
+    _CARVE,
+    needs_task_identity=False,
+    router=None,
+    kind="continual",
+    stores="base + running mean of the task vectors + averaged action expert + per-skill norm stats",
+)
+for _rule in ("tsv", "wudi", "knots", "emr"):
+    _method(
+        f"mergevla_{_rule}",
+        "mergevla:MergeVLA",
+        _MERGEVLA,
+        kwargs={"merge": _rule},
+        needs_task_identity=True,
+        router="mergevla_value_subspace",
+        stores=_MERGEVLA_STORES + (" + per-skill rescalers" if _rule == "emr" else ""),
+    )
 _method(
     "carve",
     "carve:Carve",
@@ -199,6 +268,27 @@ _method(
     kind="continual",
     stores="base + dense VLM core + per-skill VLM residuals + per-skill whole action experts + router keys",
 )
+
+_DIAGNOSTIC = ("Diagnostic hybrid: which half of a merged policy fails (vlamergebench)", None)
+for _inner in ("ta", "mergevla"):
+    _method(
+        f"{_inner}_own_head",
+        "diagnostics:Hybrid",
+        _DIAGNOSTIC,
+        kwargs={"method": _inner, "own": "action_expert"},
+        needs_task_identity=True,
+        router=None,
+        stores=f"{_inner}'s merged files + every skill's own action expert (a diagnostic, not a method)",
+    )
+    _method(
+        f"{_inner}_own_vlm",
+        "diagnostics:Hybrid",
+        _DIAGNOSTIC,
+        kwargs={"method": _inner, "own": "vlm"},
+        needs_task_identity=True,
+        router=None,
+        stores=f"{_inner}'s merged files + base VLM + every skill's own LoRA (a diagnostic, not a method)",
+    )
 
 ROUTERS.register(
     "oracle",
@@ -224,3 +314,79 @@ ROUTERS.register(
     needs_policy=False,
     signal="exact match of the episode instruction against each skill's training instructions",
 )
+
+
+def make_method(name: str, **overrides: Any) -> Any:
+    """Build method ``name`` with config ``overrides`` laid over its registered defaults.
+
+    ``name`` is a registered name, an installed plug-in's, or an import path ``package.module:Name`` (which
+    the caller vouches for: see ``vlamergebench/plugins.py``).
+    """
+    spec = resolve_method(name)
+    method_class = load_method_class(name)
+    config = method_class.config_class.from_dict({**spec.kwargs, **overrides})
+    return method_class(name, config)
+
+
+# ---- out-of-tree methods: import paths (vlamergebench/plugins.py has the rest) ----------------------------
+
+IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
+class PluginError(ValueError):
+    """A plug-in method cannot be used here; the message names its import path and what to do."""
+
+
+def is_import_path(name: str) -> bool:
+    """Whether ``name`` looks like ``package.module:Name`` (rather than a registered name)."""
+    return bool(IMPORT_PATH.match(name))
+
+
+def _distribution_of(module: str) -> tuple[str | None, str | None]:
+    """(distribution, version) that installs the top-level package of ``module``, or (None, None)."""
+    top = module.split(".")[0]
+    names = importlib.metadata.packages_distributions().get(top) or []
+    if not names:
+        return None, None
+    return names[0], importlib.metadata.version(names[0])
+
+
+def register_import_path(path: str) -> Spec:
+    """Register the method class at ``path`` (``package.module:Name``) under that name; return its spec.
+
+    Call this only with a path a person gave (a command-line flag, a notebook): it makes the path importable
+    by name. Registering imports nothing; the class is imported when the method is made.
+    """
+    if not is_import_path(path):
+        raise PluginError(
+            f"--method {path!r}: expected a registered name or an import path package.module:Name"
+        )
+    if path in METHODS:
+        return METHODS.spec(path)
+    distribution, version = _distribution_of(path.partition(":")[0])
+    return METHODS.register(path, path, plugin={"distribution": distribution, "version": version})
+
+
+def resolve_method(name: str) -> Spec:
+    """The spec of a method named by the caller: a registered or installed name, or an import path."""
+    if name not in METHODS and is_import_path(name):
+        return register_import_path(name)
+    return METHODS.spec(name)
+
+
+def load_method_class(name: str) -> type:
+    """Import the class of method ``name``; a failing import raises :class:`PluginError` naming its path."""
+    spec = resolve_method(name)
+    try:
+        method_class = METHODS.load(name)
+    except ImportError as error:
+        raise PluginError(
+            f"merge method {name!r}: cannot import {spec.entry_point} ({error}); install its package or put "
+            "its module on PYTHONPATH"
+        ) from None
+    if not hasattr(method_class, "config_class"):
+        raise PluginError(
+            f"merge method {name!r}: {spec.entry_point} is not a merge method class (no config_class); "
+            "subclass OneShotMethod or ContinualMethod"
+        )
+    return method_class

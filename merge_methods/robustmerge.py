@@ -41,26 +41,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from vlamergebench.merge_methods import ops
-from vlamergebench.merge_methods.base import (
-    MergedModel,
-    MethodConfig,
-    OneShotMethod,
-    check_choice,
-    check_fraction,
-    read_all,
-    read_single_model,
-    target_names,
-    write_action_expert,
-    write_vlm,
-)
-from vlamergebench.merge_methods.baselines import fold_lora
+from vlamergebench.merge_methods.base import OneShotMethod
+from vlamergebench.merge_methods.config import MethodConfig, check_choice, check_fraction
 from vlamergebench.merge_methods.io import (
     AtomicDirectory,
     MergeInputError,
     StreamingSafetensorsWriter,
     open_views,
 )
+from vlamergebench.merge_methods.merged import MergedModel, read_all, read_single_model
+from vlamergebench.merge_methods.writers import target_names, write_action_expert, write_vlm
 from vlamergebench.policies.checkpoint import (
     ACTION_EXPERT_FILE,
     LORA_A_SUFFIX,
@@ -117,7 +109,7 @@ def merge_factors(
     merged_a = config.weight * sum(pruned_a for pruned_a, _ in pruned)
     weighted_b = sum(pruned_b * scale for (_, pruned_b), scale in zip(pruned, scales, strict=True))
     merged_b = config.weight * weighted_b / sum(scales)
-    return merged_a, merged_b  # type: ignore[return-value]
+    return merged_a, merged_b
 
 
 def paper_delta(
@@ -132,22 +124,20 @@ def paper_delta(
     total = sum(ratios)
     summed_b = sum(pruned_b * (rho / total) for (_, pruned_b), rho in zip(pruned, ratios, strict=True))
     summed_a = sum(pruned_a for pruned_a, _ in pruned)
-    return (summed_b @ summed_a) * (config.weight * scale)  # type: ignore[operator]
+    return (summed_b @ summed_a) * (config.weight * scale)
 
 
-class RobustMerge(OneShotMethod):
+class RobustMerge(OneShotMethod[RobustMergeConfig]):
     """One merged LoRA (code variant, base referenced) or one dense model (paper variant)."""
 
-    config_class = RobustMergeConfig
-
     @property
-    def base_files(self) -> tuple[str, ...]:  # type: ignore[override]
+    def base_files(self) -> tuple[str, ...]:
         """The code variant stores the merged LoRA unfused, so it needs the base VLM at inference."""
-        return (VLM_FILE,) if self.config.variant == "code" else ()  # type: ignore[attr-defined]
+        return (VLM_FILE,) if self.config.variant == "code" else ()
 
     def write(self, experts: ExpertSet, work: AtomicDirectory, progress: bool) -> Mapping[str, Any]:
         """Merge each target module's factors (one module in memory at a time)."""
-        config: RobustMergeConfig = self.config  # type: ignore[assignment]
+        config = self.config
         base, views = open_views(experts.base, experts.experts, "lora")
         targets = target_names(base, views)
         for view in views:
@@ -181,7 +171,7 @@ class RobustMerge(OneShotMethod):
             with StreamingSafetensorsWriter(work.file(LORA_FILE), specs) as writer:
                 for name in targets:
                     factors = [tuple(t.float() for t in view.factors(name)[:2]) for view in views]
-                    merged_a, merged_b = merge_factors(factors, config)  # type: ignore[arg-type]
+                    merged_a, merged_b = merge_factors(factors, config)
                     module, dtype = name[: -len(".weight")], specs[0][1]
                     writer.write(module + LORA_A_SUFFIX, merged_a.to(dtype))
                     writer.write(module + LORA_B_SUFFIX, merged_b.to(dtype))
@@ -190,9 +180,9 @@ class RobustMerge(OneShotMethod):
 
     def instantiate(self, model: MergedModel, skill: str) -> dict[str, torch.Tensor]:
         """Base VLM + the merged LoRA folded (code) or the stored model (paper); averaged action expert."""
-        if self.config.variant == "paper":  # type: ignore[attr-defined]
+        if self.config.variant == "paper":
             return read_single_model(model)
         tensors = read_all(model.base_file(VLM_FILE))
-        fold_lora(tensors, read_all(model.tensor_file(LORA_FILE)), model.state["lora_scale"])
+        ops.fold_lora(tensors, read_all(model.tensor_file(LORA_FILE)), model.state["lora_scale"])
         tensors.update(read_all(model.tensor_file(ACTION_EXPERT_FILE)))
         return tensors

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from vlamergebench.merge_methods.base import MergedModel
+
+from vlamergebench.merge_methods.merged import MergedModel
 from vlamergebench.policies.checkpoint import ACTION_EXPERT_FILE, VLM_FILE
 
 
@@ -71,7 +72,7 @@ class OracleRouter(Router):
 
     def __init__(self, model: MergedModel | None = None, skills: Sequence[str] | None = None) -> None:
         """Route among the model's skills (or ``skills``)."""
-        super().__init__(skills if skills is not None else model.skills)  # type: ignore[union-attr]
+        super().__init__(skills if skills is not None else model.skills)
 
     def scores(self, observation: Mapping[str, Any], true_skill: str | None) -> dict[str, float]:
         """1 for the true skill, 0 elsewhere; without a true skill the oracle cannot route."""
@@ -121,7 +122,7 @@ def _policy(
     model: MergedModel, tensors: Mapping[str, torch.Tensor], skill: str, tokenizer_dir: str | None
 ) -> Any:
     from vlamergebench.policies.config import VLAConfig
-    from vlamergebench.policies.model import VLAPolicy
+    from vlamergebench.policies.policy import VLAPolicy
 
     config = VLAConfig.from_dict(model.policy_config)
     return VLAPolicy.from_state_dict(
@@ -160,7 +161,7 @@ class ValueSubspaceRouter(Router):
             for skill in self.skills:
                 tensors = model.instantiate(skill).tensors
                 block = last_shared
-                self.keys[skill] = tuple(  # type: ignore[assignment]
+                self.keys[skill] = tuple(
                     value_subspace_keys(tensors[f"action_head.blocks.{block}.{b}.weight"], rank)
                     for b in ("v_adapter", "v_task")
                 )

@@ -35,6 +35,7 @@ import math
 import torch
 import torch.nn.functional as F  # noqa: N812 (the usual alias)
 from torch import Tensor, nn
+
 from vlamergebench.policies.config import ActionExpertConfig
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -65,11 +66,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def lora_factor_names(module: str) -> tuple[str, str]:
-    """Names of the A (rank, in) and B (out, rank) factors of a LoRA target module."""
-    return module + LORA_A_SUFFIX, module + LORA_B_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -165,6 +161,23 @@ class CheckpointDir:
                 raise CheckpointError(f"{path}: {config['role']} checkpoint lacks {name}")
         if config["role"] == "expert" and not config.get("lora"):
             raise CheckpointError(f"{where}: an expert needs field 'lora' with rank, alpha and targets")
+        lora = config.get("lora")
+        if config["role"] == "expert" and not (
+            isinstance(lora, dict)
+            and type(lora.get("rank")) is int
+            and lora["rank"] >= 1
+            and isinstance(lora.get("alpha"), int | float)
+            and math.isfinite(lora["alpha"])
+        ):
+            raise CheckpointError(
+                f"{where}: field 'lora' must hold an integer rank >= 1 and a finite alpha, "
+                f"got {json.dumps(lora)[:80]}"
+            )
+        skill = config.get("skill")
+        if skill is not None and not (isinstance(skill, dict) and isinstance(skill.get("name"), str)):
+            raise CheckpointError(
+                f"{where}: field 'skill' must be an object with a text 'name', got {json.dumps(skill)[:80]}"
+            )
         return cls(path=path, config=config)
 
     @property
@@ -278,8 +291,18 @@ class ExpertSet:
         for key in ("name", "base", "experts"):
             if key not in manifest:
                 raise CheckpointError(f"{manifest_path}: missing field {key!r}")
-        if not manifest["experts"]:
-            raise CheckpointError(f"{manifest_path}: field 'experts' is empty")
+        if not isinstance(manifest["name"], str):
+            raise CheckpointError(f"{manifest_path}: field 'name' must be text, got {manifest['name']!r}")
+        if not isinstance(manifest["base"], str):
+            raise CheckpointError(
+                f"{manifest_path}: field 'base' must be a directory name, got {manifest['base']!r}"
+            )
+        listed = manifest["experts"]
+        if not (isinstance(listed, list) and listed and all(isinstance(item, str) for item in listed)):
+            raise CheckpointError(
+                f"{manifest_path}: field 'experts' must be a non-empty list of directory names, "
+                f"got {json.dumps(listed)[:80]}"
+            )
         base = CheckpointDir.open(path / manifest["base"])
         if base.role != "base":
             raise CheckpointError(f"{base.path}: listed as the base but its role is {base.role!r}")

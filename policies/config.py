@@ -13,11 +13,13 @@ default, and ``to_dict`` writes every field (defaults included) because defaults
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
+
+from vlamergebench.configs import ConfigError, from_mapping
+from vlamergebench.provenance import config_hash
 
 HEAD_VARIANTS = ("mergevla", "vla_adapter", "vla_adapter_pro")
 GATES = ("sigmoid", "tanh")
@@ -37,28 +39,6 @@ QWEN_PROMPT = (
     "<|im_start|>user\nWhat action should the robot take to {instruction}?<|im_end|>\n<|im_start|>assistant\n"
 )
 
-_C = TypeVar("_C")
-
-
-class ConfigError(ValueError):
-    """A policy config is invalid; the message names the field and both values."""
-
-
-def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
-    missing = sorted(
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.name not in data
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-    )
-    if missing:
-        raise ConfigError(f"{where}: missing field(s) {missing}")
-
 
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
@@ -66,17 +46,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_plain(item) for item in value]
     return value
-
-
-def _tuples(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
-
-
-def _flat_from_dict(cls: type[_C], data: Mapping[str, Any], where: str) -> _C:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    _check_keys(cls, data, where)
-    return cls(**_tuples(data))
 
 
 @dataclass(frozen=True)
@@ -170,16 +139,8 @@ class VisionConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "vision") -> VisionConfig:
-        """Parse the JSON form; unknown keys raise."""
-        _check_keys(cls, data, where)
-        return cls(
-            featurizer=_flat_from_dict(ViTConfig, data["featurizer"], f"{where}.featurizer"),
-            fused_featurizer=_flat_from_dict(
-                ViTConfig, data["fused_featurizer"], f"{where}.fused_featurizer"
-            ),
-            image_size=data["image_size"],
-            center_crop_fraction=data.get("center_crop_fraction", 0.9),
-        )
+        """Parse the JSON form; an unknown or missing key raises naming it."""
+        return from_mapping(cls, data, where)
 
 
 @dataclass(frozen=True)
@@ -378,29 +339,13 @@ class VLAConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     def config_hash(self) -> str:
-        """First 16 hex digits of the SHA-256 of the canonical JSON."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        """The config's :func:`~vlamergebench.provenance.config_hash`."""
+        return config_hash(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "policy") -> VLAConfig:
         """Parse the JSON form; an unknown or missing key raises naming it."""
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
-        _check_keys(cls, data, where)
-        nested = {"vision", "llm", "action_expert", "lora"}
-        flat = _tuples({key: value for key, value in data.items() if key not in nested})
-        lora = dict(data.get("lora", {}))
-        if isinstance(lora.get("targets"), list):
-            lora["targets"] = tuple(lora["targets"])
-        return cls(
-            vision=VisionConfig.from_dict(data["vision"], f"{where}.vision"),
-            llm=_flat_from_dict(LLMConfig, data["llm"], f"{where}.llm"),
-            action_expert=_flat_from_dict(
-                ActionExpertConfig, data.get("action_expert", {}), f"{where}.action_expert"
-            ),
-            lora=_flat_from_dict(LoRASettings, lora, f"{where}.lora"),
-            **flat,
-        )
+        return from_mapping(cls, data, where)
 
     def replace(self, **changes: Any) -> VLAConfig:
         """A copy with top-level fields changed (``dataclasses.replace``)."""

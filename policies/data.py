@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from vlamergebench.policies.checkpoint import NormStats, file_sha256
 from vlamergebench.policies.config import VLAConfig
 from vlamergebench.policies.demos import Demo, DemoError, DemoFile

@@ -35,11 +35,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vlamergebench.configs import ConfigError, from_mapping
 
 IMAGE_CONVENTIONS = ("opengl", "opencv")
 
@@ -63,17 +65,12 @@ class DemoLayout:
     proprio: tuple[str, ...] = ("ee_pos", "ee_ori", "gripper_states")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> DemoLayout:
-        """Build from a dict (e.g. a file's JSON attribute); unknown keys raise."""
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise DemoError(f"DemoLayout: unknown keys {sorted(unknown)}; valid: ['cameras', 'proprio']")
-        kwargs = dict(values)
-        if "cameras" in kwargs:
-            kwargs["cameras"] = dict(kwargs["cameras"])
-        if "proprio" in kwargs:
-            kwargs["proprio"] = tuple(kwargs["proprio"])
-        return cls(**kwargs)
+    def from_dict(cls, values: Mapping[str, Any], where: str = "DemoLayout") -> DemoLayout:
+        """Build from a dict (e.g. a file's JSON attribute); unknown keys raise :class:`DemoError`."""
+        try:
+            return from_mapping(cls, values, where)
+        except ConfigError as error:
+            raise DemoError(str(error)) from None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; ``from_dict(to_dict())`` round-trips."""

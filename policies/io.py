@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
 from vlamergebench.policies import checkpoint as ckpt
 from vlamergebench.policies.checkpoint import CheckpointDir, CheckpointError, NormStats
 from vlamergebench.policies.config import ConfigError, VLAConfig
@@ -259,7 +260,7 @@ def _torch_tensors(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: file is missing")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)  # never unpickles arbitrary objects
-    except Exception as error:  # noqa: BLE001 (any unpickling refusal or corruption is reported the same way)
+    except Exception as error:
         raise CheckpointError(f"{path}: not a weights-only torch checkpoint ({error})") from None
 
 

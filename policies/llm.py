@@ -10,10 +10,11 @@ bidirectional).
 from __future__ import annotations
 
 from torch import Tensor
+
 from vlamergebench.policies.config import LLMConfig
 
 
-def build_llm(config: LLMConfig):  # noqa: ANN201 (transformers is imported lazily)
+def build_llm(config: LLMConfig):
     """A randomly initialised ``Qwen2Model`` with the config's sizes (weights are loaded separately)."""
     from transformers import Qwen2Config, Qwen2Model
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+
 from vlamergebench.policies.checkpoint import LORA_A_SUFFIX, LORA_B_SUFFIX, VLM_PREFIXES, CheckpointError
 from vlamergebench.policies.config import LoRASettings
 

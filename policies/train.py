@@ -29,9 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from vlamergebench.configs import ConfigError, from_mapping
 from vlamergebench.policies import checkpoint as ckpt
 from vlamergebench.policies.checkpoint import CheckpointDir
-from vlamergebench.policies.config import ConfigError, VLAConfig
+from vlamergebench.policies.config import VLAConfig
 from vlamergebench.policies.data import FrameDataset, load_frames
 from vlamergebench.policies.images import augment, crop_resize, to_float
 from vlamergebench.policies.io import load_model, save_base, save_expert
@@ -45,6 +47,7 @@ from vlamergebench.policies.model import (
     normalize_proprio,
 )
 from vlamergebench.policies.tokenizer import make_tokenizer
+from vlamergebench.provenance import config_hash, git_revision, package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +136,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Parse; unknown keys raise."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(data) - known:
-            raise ConfigError(f"train: unknown field(s) {sorted(set(data) - known)}; known: {sorted(known)}")
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any], where: str = "train") -> TrainConfig:
+        """Parse; unknown keys and values of the wrong type raise :class:`ConfigError`."""
+        return from_mapping(cls, data, where)
 
 
 def learning_rate_at(config: TrainConfig, step: int) -> float:
@@ -289,35 +289,6 @@ def load_train_state(
                     "exp_avg_sq": tensors[f"exp_avg_sq/{name}"].clone(),
                 }
     return step
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for package in ("torch", "transformers", "peft", "safetensors", "vlamergebench"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            out[package] = "absent"
-    return out
-
-
-def _git_rev() -> str | None:
-    import subprocess
-
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except OSError:
-        return None
-    return result.stdout.strip() or None
 
 
 def plot_losses(log_path: Path, out_path: Path) -> None:
@@ -495,8 +466,9 @@ def train(
         ],
         "frames": len(frames),
         "head_init_seed": config.head_init_seed,
-        "versions": _versions(),
-        "git_rev": _git_rev(),
+        "train_config_hash": config_hash(config.to_dict()),
+        "versions": package_versions(),
+        "git_rev": git_revision(),
         "base_path": str(base_dir.path) if base_dir else None,
     }
     model.eval()

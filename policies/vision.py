@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F  # noqa: N812 (the usual alias)
 from torch import Tensor, nn
+
 from vlamergebench.policies.config import VisionConfig, ViTConfig
 
 # LayerScale initial value. DINOv2 uses 1e-5, but our towers train from scratch (tiny) or load released

@@ -26,3 +26,16 @@ def test_the_default_expert_set_is_package_data():
     shipped = {path for pattern in patterns["vlamergebench"] for path in folder.parent.glob(pattern)}
     dropped = sorted(str(path.relative_to(ROOT)) for path in files - shipped)
     assert not dropped, f"files a wheel would leave out: {dropped}"
+
+
+def test_license_and_citation_agree_with_pyproject():
+    import tomllib
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    citation = yaml.safe_load((root / "CITATION.cff").read_text())
+    assert (root / "LICENSE").read_text().startswith("MIT License") and project["license"]["text"] == "MIT"
+    assert citation["cff-version"] == "1.2.0" and citation["license"] == "MIT"
+    assert citation["version"] == project["version"] and citation["title"].startswith("vlamergebench")

@@ -28,4 +28,4 @@ def test_bad_entry_point_and_missing_attribute():
 def test_spec_is_immutable():
     spec = Spec("x", "a:b", kwargs={"k": 1})
     with pytest.raises(TypeError):
-        spec.kwargs["k"] = 2  # type: ignore[index]
+        spec.kwargs["k"] = 2

@@ -25,12 +25,15 @@ from vlamergebench import subcommands  # stdlib-only: what users bring (methods,
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _not_yet(name: str) -> Handler:
-    def run(args: argparse.Namespace) -> int:
-        print(f"vlamergebench {name}: not implemented yet", file=sys.stderr)
-        return 2
-
-    return run
+def positive_int(text: str) -> int:
+    """The ``type`` of count and size flags: a bad value is refused at parse time, naming the flag."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 # --- envs -----------------------------------------------------------------------------------------------
@@ -90,12 +93,12 @@ def _add_collect_demos(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--task", required=True, help="task id (LIBERO's order) or task name")
     parser.add_argument(
-        "--episodes", type=int, default=50, help="episodes (init states) to attempt (default 50)"
+        "--episodes", type=positive_int, default=50, help="episodes (init states) to attempt (default 50)"
     )
     parser.add_argument("--start", type=int, default=0, dest="start_init_state", help="first init state id")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode (episode k: seed + k)")
     parser.add_argument(
-        "--image-size", type=int, default=128, help="stored camera size in pixels (default 128)"
+        "--image-size", type=positive_int, default=128, help="stored camera size in pixels (default 128)"
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", help="output directory; writes <suite>_task<id>.hdf5")
@@ -108,7 +111,7 @@ def _add_collect_demos(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_collect_demos(args: argparse.Namespace) -> int:
-    from vlamergebench.eval.collect import CollectConfig, collect_demos
+    from vlamergebench.experts.collect import CollectConfig, collect_demos
 
     config = CollectConfig(
         suite=args.suite,
@@ -173,8 +176,8 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-id", type=int, help="expert skill's task id within the suite")
     parser.add_argument("--env-id", help="expert skill's Gymnasium env id")
     parser.add_argument("--config", help="JSON file of TrainConfig fields (flags below override it)")
-    parser.add_argument("--steps", type=int, help="optimiser steps (default 2000)")
-    parser.add_argument("--batch-size", type=int, help="frames per step (default 32)")
+    parser.add_argument("--steps", type=positive_int, help="optimiser steps (default 2000)")
+    parser.add_argument("--batch-size", type=positive_int, help="frames per step (default 32)")
     parser.add_argument("--lr", type=float, dest="learning_rate", help="AdamW learning rate (default 2e-4)")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), help="default constant (upstream)")
     parser.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 0)")
@@ -182,9 +185,13 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-seed", type=int, help="a base's weight initialisation seed (default 0)")
     parser.add_argument("--head-init", choices=("seed", "base"), help="expert head start (default seed)")
     parser.add_argument("--head-init-seed", type=int, help="head init seed; experts must use their base's")
-    parser.add_argument("--checkpoint-every", type=int, help="steps between saved states (default 250)")
-    parser.add_argument("--max-demos-per-file", type=int, help="use only the first demos of each file")
-    parser.add_argument("--frame-stride", type=int, help="use every n-th frame (default 1)")
+    parser.add_argument(
+        "--checkpoint-every", type=positive_int, help="steps between saved states (default 250)"
+    )
+    parser.add_argument(
+        "--max-demos-per-file", type=positive_int, help="use only the first demos of each file"
+    )
+    parser.add_argument("--frame-stride", type=positive_int, help="use every n-th frame (default 1)")
     parser.add_argument(
         "--no-augment",
         action="store_const",
@@ -193,7 +200,9 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
         help="disable random crop and colour jitter",
     )
     parser.add_argument("--work", help="work directory for resume state and logs (default <out>.work)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)"
+    )
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -288,8 +297,9 @@ def _add_merge(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    from vlamergebench.merge_methods.base import ConfigError, make_method
-    from vlamergebench.merge_methods.io import MergeInputError, keep_freed_memory
+    from vlamergebench.configs import ConfigError
+    from vlamergebench.merge_methods.io import MergeInputError, keep_freed_memory, refuse_overlap
+    from vlamergebench.merge_methods.registry import make_method
     from vlamergebench.plugins import PluginError
     from vlamergebench.policies.checkpoint import CheckpointError, ExpertSet
 
@@ -306,6 +316,10 @@ def _run_merge(args: argparse.Namespace) -> int:
             raise ConfigError(f"--snapshots needs a continual method; {args.method!r} is {method.kind}")
         extra = {"snapshot_dir": args.snapshots} if method.kind == "continual" else {}
         experts = ExpertSet.open(args.experts)
+        inputs = [experts.path, experts.base.path, *(expert.path for expert in experts.experts)]
+        refuse_overlap(args.out, inputs, "--out")
+        if args.snapshots is not None:
+            refuse_overlap(args.snapshots, inputs, "--snapshots")
         merged = method.merge(
             experts, args.out, overwrite=args.overwrite, progress=not args.no_progress, **extra
         )
@@ -347,7 +361,7 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--episodes",
-        type=int,
+        type=positive_int,
         default=10,
         help="episodes per task, on LIBERO's fixed init states 0..N-1 (default 10; LIBERO's protocol is 50)",
     )
@@ -372,7 +386,10 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
         "skills after each admission (default: the method's own kind)",
     )
     parser.add_argument(
-        "--workers", type=int, default=None, help="rollout worker processes (default: min(2, CPU cores))"
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="rollout worker processes (default: min(2, CPU cores))",
     )
     parser.add_argument(
         "--out",
@@ -382,10 +399,16 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
         "rerunning the same command resumes",
     )
     parser.add_argument(
-        "--max-steps", type=int, default=None, help="cap on steps per episode (default: the env's limit)"
+        "--max-steps",
+        type=positive_int,
+        default=None,
+        help="cap on steps per episode (default: the env's limit)",
     )
     parser.add_argument(
-        "--image-size", type=int, default=None, help="camera resolution in pixels (default: policy input)"
+        "--image-size",
+        type=positive_int,
+        default=None,
+        help="camera resolution in pixels (default: policy input)",
     )
     parser.add_argument(
         "--perturbations",
@@ -396,16 +419,24 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
         "background, noise, layout: every level and seed), L1..L5 (every axis at that level, seed 0) or "
         "all; default none",
     )
+    parser.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="also rerun stored episodes that ended in a simulator error (episodes whose worker process "
+        "died are always rerun)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _run_run(args: argparse.Namespace) -> int:
+    import json
     import os
     import time
     from pathlib import Path
 
-    from vlamergebench.eval.benchmark import BenchmarkConfig, default_out, run_benchmark
+    from vlamergebench.eval.run import RunConfig, default_out, run_command
     from vlamergebench.eval.store import StoreError
+    from vlamergebench.eval.summary import SUMMARY_FILE, write_summary
     from vlamergebench.eval.workers import WorkerError
     from vlamergebench.leaderboards.registry import build_leaderboards
     from vlamergebench.policies.checkpoint import CheckpointError
@@ -414,7 +445,7 @@ def _run_run(args: argparse.Namespace) -> int:
     out = args.out or default_out(args.method)
     try:
         overrides = subcommands.method_overrides(args.method_config, args.overrides)
-        config = BenchmarkConfig(
+        config = RunConfig(
             method=args.method,
             method_config=overrides,
             experts=args.experts,
@@ -429,12 +460,14 @@ def _run_run(args: argparse.Namespace) -> int:
             image_size=args.image_size,
             perturbations=tuple(item for item in args.perturbations.split(",") if item),
             progress=not args.no_progress,
+            retry_errors=args.retry_errors,
             tokenizer_dir=args.tokenizer_dir,
             device=args.device,
             dtype=args.dtype,
         )
-        summaries = run_benchmark(config)
+        summaries = run_command(config)
         build_leaderboards([out], Path(out) / "leaderboard")
+        summary = write_summary(out, Path(out) / SUMMARY_FILE)
     except (
         CheckpointError, StoreError, ValueError, KeyError, FileNotFoundError, FileExistsError, WorkerError
     ) as error:  # fmt: skip
@@ -443,12 +476,41 @@ def _run_run(args: argparse.Namespace) -> int:
         return 1
     ran = sum(summary.ran for summary in summaries)
     episodes = sum(summary.episodes for summary in summaries)
-    _print_leaderboard(str(Path(out) / "leaderboard"))
+    subcommands.print_leaderboard(str(Path(out) / "leaderboard"))
+    _print_run_summary(json.loads(summary.read_text()))
     elapsed_s = time.monotonic() - started
     print(f"{episodes} episodes ({ran} run now, {episodes - ran} resumed) in {elapsed_s:.0f} s")
     print(f"store: {Path(out) / 'results.sqlite'}")
+    print(f"summary: {summary}")
     print(f"leaderboard: {Path(out) / 'leaderboard' / 'leaderboard.html'}")
     return 0
+
+
+def _print_run_summary(summary: dict) -> None:
+    """Each run's averages, each named for what it averages, and its perturbation results."""
+
+    def rate(r: dict) -> str:
+        low, high = 100 * r["ci95_low"], 100 * r["ci95_high"]
+        return f"{100 * r['success_rate']:.1f}% [{low:.1f}, {high:.1f}], {r['episodes']} episodes"
+
+    for run in summary["runs"]:
+        routing = run["routing_mode"] + (f" ({run['router']})" if run["router"] else "")
+        print(f"\nrun {run['run_id']} ({run['method']}, {run['protocol']}, routing {routing}):")
+        if run["overall"] is not None:
+            print(f"  overall success of the final model (unweighted mean of suites): {rate(run['overall'])}")
+        for suite, value in run["suites"].items():
+            print(f"  suite {suite} (unweighted mean of its tasks): {rate(value)}")
+        for row in run["perturbations"]:
+            if row["aggregate"] == "pooled":
+                print(f"  perturbed episodes (pooled over every variant): {rate(row)}")
+            elif row["aggregate"] == "mean_of_axes":
+                print(f"  perturbed, unweighted mean of the axes: {rate(row)}")
+            elif row["aggregate"] == "axis":
+                print(f"  perturbed, axis {row['axis']} (pooled over its levels): {rate(row)}")
+    print(
+        "(the progress bar's rate pools every episode of every admission step; the averages above are of "
+        "the final model)"
+    )
 
 
 # --- leaderboard ----------------------------------------------------------------------------------------
@@ -498,23 +560,11 @@ def _run_leaderboard(args: argparse.Namespace) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"vlamergebench leaderboard: error: {message}", file=sys.stderr)
         return 1
-    _print_leaderboard(args.out)
+    subcommands.print_leaderboard(args.out)
     print()
     for name, paths in written.items():
         print(f"{name}: " + ", ".join(str(path) for path in paths))
     return 0
-
-
-def _print_leaderboard(board: str) -> None:
-    """Print the first table of each leaderboard Markdown file present in the directory ``board``."""
-    from pathlib import Path
-
-    for name in ("success.md", "storage.md", "forgetting.md"):
-        path = Path(board) / name
-        sections = path.read_text().split("\n## ")[1:] if path.is_file() else []
-        if sections:  # each section is a heading line, a blank line and a table
-            heading, table = sections[0].split("\n", 1)
-            print(f"\n{path.stem}: {heading}\n{table.strip()}")
 
 
 # --- build-default-experts ------------------------------------------------------------------------------
@@ -522,17 +572,17 @@ def _add_build_default_experts(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "recipes: v2 (the default: a pretrained 'small' base and four two-task experts, with acceptance "
         "statistics; vlamergebench/experts/default_v2.py) and v1 (the first set, one tiny expert per task; "
-        "vlamergebench/eval/default_experts.py); finished stages are skipped and an interrupted one resumes"
+        "vlamergebench/experts/default_v1.py); finished stages are skipped and an interrupted one resumes"
     )
     parser.add_argument("--out", required=True, help="expert-set directory to build (demos, base, experts)")
     parser.add_argument("--recipe", choices=("v2", "v1"), default="v2", help="which recipe (default v2)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument(
-        "--jobs", type=_positive_int("--jobs"), default=2, help="v2: demo tasks collected at once (default 2)"
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)"
     )
     parser.add_argument(
-        "--workers", type=_positive_int("--workers"), default=2, help="v2: acceptance rollout workers"
+        "--jobs", type=positive_int, default=2, help="v2: demo tasks collected at once (default 2)"
     )
+    parser.add_argument("--workers", type=positive_int, default=2, help="v2: acceptance rollout workers")
     parser.add_argument(
         "--stop-before",
         choices=("base", "experts", "acceptance"),
@@ -541,22 +591,9 @@ def _add_build_default_experts(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _positive_int(flag: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be a whole number >= 1, got {text!r}")
-        return value
-
-    return parse
-
-
 def _run_build_default_experts(args: argparse.Namespace) -> int:
     if args.recipe == "v1":
-        from vlamergebench.eval.default_experts import build_default_experts
+        from vlamergebench.experts.default_v1 import build_default_experts
 
         build_default_experts(args.out, threads=args.threads, progress=not args.no_progress)
         return 0
@@ -653,9 +690,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen subcommand; returns the process exit status."""
+    """Parse ``argv`` and run the chosen subcommand; returns the process exit status.
+
+    A system error (a full disk, a read-only directory) is one line; Ctrl-C says how to go on.
+    """
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except OSError as error:
+        print(f"vlamergebench {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        hint = RESUME_HINTS.get(args.command, "finished work is kept")
+        print(f"\nvlamergebench {args.command}: interrupted; {hint}", file=sys.stderr)
+        return 130
+
+
+# What an interrupted subcommand keeps, and how to continue it.
+RESUME_HINTS = {
+    "run": "every finished episode is stored; rerun the same command to resume",
+    "collect-demos": "rerun the same command with --resume to continue",
+    "train": "rerun the same command to resume from the last saved state",
+    "build-default-experts": "rerun the same command to resume",
+    "merge": "nothing was written; rerun the command",
+}
 
 
 if __name__ == "__main__":

@@ -23,14 +23,19 @@ A plug-in method class declares what the built-in registrations carry as metadat
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from vlamergebench.registry import Spec
+from vlamergebench.merge_methods.registry import (
+    IMPORT_PATH,
+    METHODS,
+    PluginError,
+    is_import_path,
+    load_method_class,
+    register_import_path,
+    resolve_method,
+)
 
-IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 METHOD_GROUP = "vlamergebench.merge_methods"
 ROUTER_GROUP = "vlamergebench.routers"
 _METADATA_DEFAULTS: dict[str, Any] = {
@@ -42,42 +47,6 @@ _METADATA_DEFAULTS: dict[str, Any] = {
 }
 
 
-class PluginError(ValueError):
-    """A plug-in method cannot be used here; the message names its import path and what to do."""
-
-
-def is_import_path(name: str) -> bool:
-    """Whether ``name`` looks like ``package.module:Name`` (rather than a registered name)."""
-    return bool(IMPORT_PATH.match(name))
-
-
-def _distribution_of(module: str) -> tuple[str | None, str | None]:
-    """(distribution, version) that installs the top-level package of ``module``, or (None, None)."""
-    top = module.split(".")[0]
-    names = importlib.metadata.packages_distributions().get(top) or []
-    if not names:
-        return None, None
-    return names[0], importlib.metadata.version(names[0])
-
-
-def register_import_path(path: str) -> Spec:
-    """Register the method class at ``path`` (``package.module:Name``) under that name; return its spec.
-
-    Call this only with a path a person gave (a command-line flag, a notebook): it makes the path importable
-    by name. Registering imports nothing; the class is imported when the method is made.
-    """
-    from vlamergebench.merge_methods.registry import METHODS
-
-    if not is_import_path(path):
-        raise PluginError(
-            f"--method {path!r}: expected a registered name or an import path package.module:Name"
-        )
-    if path in METHODS:
-        return METHODS.spec(path)
-    distribution, version = _distribution_of(path.partition(":")[0])
-    return METHODS.register(path, path, plugin={"distribution": distribution, "version": version})
-
-
 def trust_method(name: str | None) -> None:
     """Let this process read merged models of method ``name`` (a registered name, or an import path).
 
@@ -85,35 +54,6 @@ def trust_method(name: str | None) -> None:
     """
     if name is not None and is_import_path(name):
         register_import_path(name)
-
-
-def resolve_method(name: str) -> Spec:
-    """The spec of a method named by the caller: a registered or installed name, or an import path."""
-    from vlamergebench.merge_methods.registry import METHODS
-
-    if name not in METHODS and is_import_path(name):
-        return register_import_path(name)
-    return METHODS.spec(name)
-
-
-def load_method_class(name: str) -> type:
-    """Import the class of method ``name``; a failing import raises :class:`PluginError` naming its path."""
-    from vlamergebench.merge_methods.registry import METHODS
-
-    spec = resolve_method(name)
-    try:
-        method_class = METHODS.load(name)
-    except ImportError as error:
-        raise PluginError(
-            f"merge method {name!r}: cannot import {spec.entry_point} ({error}); install its package or put "
-            "its module on PYTHONPATH"
-        ) from None
-    if not hasattr(method_class, "config_class"):
-        raise PluginError(
-            f"merge method {name!r}: {spec.entry_point} is not a merge method class (no config_class); "
-            "subclass OneShotMethod or ContinualMethod"
-        )
-    return method_class
 
 
 def method_metadata(name: str) -> dict[str, Any]:
@@ -152,8 +92,6 @@ def recorded_method(manifest: Mapping[str, Any], where: str) -> str:
         PluginError: The method is an import path this process was not given, is not installed, or differs
             from the entry point or version the merged model was written with.
     """
-    from vlamergebench.merge_methods.registry import METHODS
-
     name = str(manifest["method"])
     recorded = manifest.get("method_source") or {}
     origin = recorded.get("entry_point", name)
@@ -184,8 +122,6 @@ def recorded_method(manifest: Mapping[str, Any], where: str) -> str:
 
 def config_fields(name: str) -> list[dict[str, Any]]:
     """The method's config fields: name, type and default (the registration's own defaults applied)."""
-    from vlamergebench.merge_methods.registry import METHODS
-
     config_class = load_method_class(name).config_class
     preset = dict(METHODS.spec(name).kwargs)
     fields = []
@@ -202,3 +138,18 @@ def config_fields(name: str) -> list[dict[str, Any]]:
         kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
         fields.append({"name": field.name, "type": kind, "default": default})
     return fields
+
+
+__all__ = [
+    "IMPORT_PATH",
+    "PluginError",
+    "config_fields",
+    "is_import_path",
+    "load_method_class",
+    "method_metadata",
+    "method_source",
+    "recorded_method",
+    "register_import_path",
+    "resolve_method",
+    "trust_method",
+]

@@ -219,9 +219,7 @@ def run_eval(args: argparse.Namespace) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"vlamergebench eval: error: {message}", file=sys.stderr)
         return 1
-    from vlamergebench.cli import _print_leaderboard
-
-    _print_leaderboard(str(Path(config.out) / "leaderboard"))
+    print_leaderboard(str(Path(config.out) / "leaderboard"))
     ran = sum(summary.ran for summary in summaries)
     episodes = sum(summary.episodes for summary in summaries)
     print(
@@ -302,3 +300,12 @@ def run_import_experts(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {experts.path / 'expert_set.json'}: {len(experts.experts)} experts, id {experts.id}")
     return 0
+
+
+def print_leaderboard(board: str) -> None:
+    """Print the headline table of each board whose Markdown file is in the directory ``board``."""
+    from vlamergebench.leaderboards.registry import headline_tables
+
+    text = headline_tables(board)
+    if text:
+        print(text)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from vlamergebench.policies.demos import DemoLayout, DemoWriter
 
 TCP_OFFSET_M = 0.13  # along gripper_link x: between the finger pads (they span 0.064..0.154 m), 2.4 cm in

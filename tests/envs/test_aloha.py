@@ -17,6 +17,9 @@ if importlib.util.find_spec("gym_aloha") is None or importlib.util.find_spec("dm
     )
 
 from gymnasium.utils.env_checker import check_env
+
+from vlamergebench.envs.aloha import ACTION_DIM, NUM_INIT_STATES, AlohaEnv
+from vlamergebench.envs.chunking import ChunkedActions
 from vlamergebench.policies.demos import DemoFile, DemoWriter
 from vlamergebench.policies.scripted.aloha import (
     ALOHA_LAYOUT,
@@ -26,9 +29,6 @@ from vlamergebench.policies.scripted.aloha import (
     record_demos,
     render_states,
 )
-
-from vlamergebench.envs.aloha import ACTION_DIM, NUM_INIT_STATES, AlohaEnv
-from vlamergebench.envs.chunking import ChunkedActions
 
 IDS = {"transfer_cube": "vlamergebench/AlohaTransferCube-v0", "insertion": "vlamergebench/AlohaInsertion-v0"}
 IMAGE_SIZE = 64  # rendering cost barely depends on size; small keeps the arrays light

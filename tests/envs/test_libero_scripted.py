@@ -8,9 +8,9 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-from vlamergebench.policies.scripted.libero import LiberoScriptedExpert, UnsupportedTaskError
 
 import vlamergebench.envs  # noqa: F401  (registers the ids)
+from vlamergebench.policies.scripted.libero import LiberoScriptedExpert, UnsupportedTaskError
 
 
 def test_goal_without_a_plan_raises_naming_it():

@@ -13,7 +13,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
-from vlamergebench.policies.scripted.libero import LiberoScriptedExpert
 
 import vlamergebench.envs  # noqa: F401  (registers the ids)
 from vlamergebench.envs.chunking import ChunkedActions
@@ -21,6 +20,7 @@ from vlamergebench.envs.perturb import background, camera, layout, light, robot_
 from vlamergebench.envs.perturb.config import PerturbationConfig
 from vlamergebench.envs.perturb.language import InstructionRewrite
 from vlamergebench.envs.perturb.noise import SensorNoise
+from vlamergebench.policies.scripted.libero import LiberoScriptedExpert
 
 SIZE = 64
 BASE_ID = "vlamergebench/LIBERO-Object-v0"

@@ -222,7 +222,7 @@ def test_config_validates_and_round_trips():
     config = PerturbationConfig(camera=2, light=5, seed=7, noise_kind="fog")
     assert PerturbationConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert config.active_axes() == {"camera": 2, "light": 5}
-    with pytest.raises(ValueError, match=r"unknown perturbation fields \['brightness'\]"):
+    with pytest.raises(ValueError, match=r"perturbation: unknown field\(s\) \['brightness'\]"):
         PerturbationConfig.from_dict({"brightness": 2})
     for bad in ({"camera": 6}, {"light": True}, {"seed": -1}, {"robot_init": 1, "robot_init_clean": 1},
                 {"camera": 1, "camera_view": [10, 0, 100, 0, 0]}, {"noise_kind": "snow"},

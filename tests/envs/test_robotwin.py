@@ -139,7 +139,7 @@ class FakeBackend:
             t.replace("{A}", episode_info["{A}"]).replace("{a}", f"the {episode_info['{a}']} arm")
             for t in templates
         ]
-        return out  # noqa: RET504
+        return out
 
 
 def usable_seeds(start: int, count: int, expert_check: bool = True) -> list[int]:

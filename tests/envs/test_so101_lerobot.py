@@ -31,7 +31,7 @@ def import_or_skip(module: str):
     """The module, or a skip naming why it does not import (a broken torchvision raises RuntimeError)."""
     try:
         return importlib.import_module(module)
-    except Exception as error:  # noqa: BLE001 - any import failure means "not installed here"
+    except Exception as error:
         pytest.skip(
             f"LeRobot's {module} does not import here ({type(error).__name__}: {error}); see docs/so101.md"
         )

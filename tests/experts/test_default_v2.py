@@ -9,14 +9,14 @@ from functools import partial
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from vlamergebench.eval.own_success import success_by_task
+from vlamergebench.eval.run import task_units
+from vlamergebench.experts import default_v2 as recipe
+from vlamergebench.experts.acceptance import AcceptanceError
 from vlamergebench.policies.checkpoint import LORA_FILE, VLM_FILE, ExpertSet
 from vlamergebench.policies.lora import fold_factors
 from vlamergebench.policies.registry import make_config
-
-from vlamergebench.eval.benchmark import task_units
-from vlamergebench.eval.own_success import success_by_task
-from vlamergebench.experts import default_v2 as recipe
-from vlamergebench.experts.acceptance import AcceptanceError
 
 
 def test_the_recipe_keeps_the_preconditions_it_states():

@@ -14,14 +14,14 @@ from safetensors.torch import load_file, save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 
 from tinyexperts import SKILLS, STATS  # noqa: E402
+
+from vlamergebench.cli import main  # noqa: E402
+from vlamergebench.experts.importers import import_peft_adapter, read_peft_adapter  # noqa: E402
 from vlamergebench.policies.checkpoint import CheckpointError, ExpertSet  # noqa: E402
 from vlamergebench.policies.io import load_model, save_base  # noqa: E402
 from vlamergebench.policies.lora import base_namespace, lora_targets  # noqa: E402
 from vlamergebench.policies.model import build_model  # noqa: E402
 from vlamergebench.policies.registry import make_config  # noqa: E402
-
-from vlamergebench.cli import main  # noqa: E402
-from vlamergebench.experts.importers import import_peft_adapter, read_peft_adapter  # noqa: E402
 
 RANK, ALPHA = 4, 8.0
 

@@ -9,9 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from handmade import fill_store  # noqa: E402
+from handmade import fill_store
 
-from vlamergebench.eval.store import ResultsStore  # noqa: E402
+from vlamergebench.eval.store import ResultsStore
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ Entries (skills a1, a2 in suite A and b1 in suite B; 4 episodes per task):
 
 from __future__ import annotations
 
-from vlamergebench.eval.provenance import episode_seed
 from vlamergebench.eval.store import EpisodeRecord, RunRecord, StorageRecord
+from vlamergebench.provenance import episode_seed
 
 SKILLS = ("a1", "a2", "b1")
 SUITE = {"a1": "A", "a2": "A", "b1": "B"}

@@ -8,11 +8,11 @@ import zipfile
 
 import pandas as pd
 import pytest
-from vlamergebench.leaderboards.registry import build_leaderboards
 
 from vlamergebench.eval.bundle import BundleError, open_bundle, write_bundle
 from vlamergebench.eval.results import load_results
 from vlamergebench.eval.store import StoreError
+from vlamergebench.leaderboards.registry import build_leaderboards
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +118,34 @@ def test_bundle_directory_form(bundle, tmp_path):
     (tmp_path / "dir" / "notes.txt").write_text("hi")
     with pytest.raises(BundleError, match="bundle directory holds exactly"):
         load_results([tmp_path / "dir"])
+
+
+def test_a_store_member_larger_than_declared_is_refused_before_it_is_decompressed(bundle, tmp_path):
+    import tracemalloc
+
+    manifest = _manifest(bundle)
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("manifest.json", json.dumps(manifest))
+        archive.writestr("results.sqlite", bytes(64 << 20))  # 64 MiB of zeros: about 64 KiB compressed
+    assert bomb.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        refused = f"{64 << 20} bytes uncompressed, but manifest.json declares"
+        with pytest.raises(BundleError, match=refused), open_bundle(bomb):
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+
+
+def test_a_deeply_nested_manifest_is_one_clear_error(bundle, tmp_path):
+    deep = tmp_path / "deep.zip"
+    with zipfile.ZipFile(bundle) as archive:
+        store = archive.read("results.sqlite")
+    with zipfile.ZipFile(deep, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("manifest.json", "[" * 200_000 + "]" * 200_000)
+        archive.writestr("results.sqlite", store)
+    with pytest.raises(BundleError, match="manifest.json is nested too deeply"), open_bundle(deep):
+        pass

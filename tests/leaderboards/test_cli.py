@@ -33,6 +33,7 @@ def test_leaderboard_command_builds_prints_and_exports(store_dir, tmp_path, caps
         "storage.csv",
         "storage.md",
         "storage_pareto.png",
+        "storage_pareto.svg",
     ]
 
 
@@ -43,6 +44,6 @@ def test_leaderboard_command_names_bad_input(tmp_path, capsys, store_dir):
     )
     assert main(["leaderboard", str(store_dir), "--out", str(tmp_path / "o"), "--only", "sucess"]) == 1
     assert (
-        "unknown leaderboard builder 'sucess'; registered: forgetting, page, storage"
+        "unknown leaderboard builder 'sucess'; registered: entries, forgetting, page, paper, storage"
         in capsys.readouterr().err
     )

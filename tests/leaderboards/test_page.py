@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from handmade import fill_store, make_run
 from matplotlib import image
-from vlamergebench.leaderboards.registry import build_leaderboards
 
 from vlamergebench.eval.store import ResultsStore
+from vlamergebench.leaderboards.registry import build_leaderboards
 
 FLAGS = [
     "--headless",
@@ -59,23 +59,37 @@ def test_chromium_shows_the_leaderboards(page, tmp_path):
         "Success leaderboard",
         "Storage leaderboard",
         "Forgetting leaderboard (continual protocol)",
+        "Entries: evaluation settings and configs",
         "Provenance",
         "Confusion matrix: ties · own router",
     ):
         assert f">{heading}" in dom, heading
-    assert (
-        "<td>ties · oracle</td>" in dom and "<td>68.8 [39.4, 88.1]</td>" in dom
-    )  # overall success + interval
-    assert "<td>91.7 [64.6, 98.5]</td>" in dom  # routing accuracy
+    nbsp = "&nbsp;"  # intervals keep together on narrow screens
+    assert "<td>ties · oracle</td>" in dom and f"<td>68.8{nbsp}[39.4,{nbsp}88.1]</td>" in dom
+    assert f"<td>91.7{nbsp}[64.6,{nbsp}98.5]</td>" in dom  # routing accuracy
     assert "<td>-37.5</td>" in dom  # BWT in points
     assert dom.count('src="data:image/png;base64,') == 3
     assert "&lt;img src=x onerror=alert(1)&gt;" in dom and '<img src="x"' not in dom  # escaped, not injected
+    assert '<meta name="viewport"' in dom and "<script" not in dom
+    assert dom.count("<details") >= 5 and dom.count('<div class="scroll">') == dom.count("<table ")
+    assert '<a href="https://arxiv.org/abs/2306.01708">TIES-Merging' in dom  # the method's paper
+    provenance = dom.split('id="provenance"')[1]
+    assert provenance.count("mujoco 3.17.0") == 1 and "<td>shared</td>" in provenance  # stated once
+    assert "not a registered method here" in dom  # the hostile name gets no link
 
-    shot = tmp_path / "shot.png"
-    _browse(browser, page, tmp_path / "profile-shot", "--window-size=1300,1800", f"--screenshot={shot}")
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_chromium_layout_at_desktop_and_narrow_widths(page, tmp_path, width):
+    """Screenshots (kept in pytest's tmp_path, leaderboard-<width>px.png): the page fits, plots are drawn."""
+    browser = _chromium()
+    shot = tmp_path / f"leaderboard-{width}px.png"
+    _browse(browser, page, tmp_path / "profile", f"--window-size={width},2400", f"--screenshot={shot}")
     pixels = image.imread(shot)[..., :3]
-    assert pixels.shape[:2] == (1800, 1300)
+    assert pixels.shape[:2] == (2400, width)
     # matplotlib's first two colours (blue C0, orange C1) are drawn: the embedded plots decoded and rendered
     blue = np.all(np.abs(pixels - np.array([31, 119, 180]) / 255) < 0.08, axis=-1).sum()
     orange = np.all(np.abs(pixels - np.array([255, 127, 14]) / 255) < 0.08, axis=-1).sum()
     assert blue > 50 and orange > 50, (blue, orange)
+    # the body keeps a white margin on the right: nothing overflows the viewport's width
+    right_margin = pixels[:, width - 8 :, :]
+    assert (right_margin > 0.97).all(), "something is drawn into the right margin"

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import save
+
 from vlamergebench.policies.checkpoint import (
     ACTION_EXPERT_FILE,
     DENSE_FILE,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from vlamergebench.merge_methods.base import MergedModel
 
 from vlamergebench.cli import main
+from vlamergebench.merge_methods.merged import MergedModel
 
 torch.set_num_threads(1)
 

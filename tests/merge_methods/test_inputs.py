@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vlamergebench.merge_methods.base import ConfigError, MergedModel, make_method
+
+from vlamergebench.configs import ConfigError
 from vlamergebench.merge_methods.io import MergeInputError, StreamingSafetensorsWriter, TensorFile
+from vlamergebench.merge_methods.merged import MergedModel
+from vlamergebench.merge_methods.registry import make_method
 from vlamergebench.policies.checkpoint import CheckpointError, write_expert_set
 
 torch.set_num_threads(1)

@@ -11,8 +11,9 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from vlamergebench.merge_methods import ops
-from vlamergebench.merge_methods.base import make_method
+from vlamergebench.merge_methods.registry import make_method
 from vlamergebench.merge_methods.robustmerge import RobustMergeConfig, merge_factors, paper_delta
 
 torch.set_num_threads(1)
@@ -275,3 +276,23 @@ def test_consensus_ta_by_hand(three, tmp_path):
         all_votes, base + full(torch.tensor([[0.0, -2.0], [0.0, 0.5], [1.5, 2.0], [0.0, -0.5]]))
     )
     assert 0.0 < merged.state["kept_fraction"] < 1.0
+
+
+@pytest.mark.parametrize("inner", ["ta", "mergevla"])
+def test_diagnostic_hybrids_put_back_exactly_one_half_of_each_skill(two, tmp_path, inner):
+    """<method>_own_head: the method's VLM + the skill's own head; <method>_own_vlm: the reverse."""
+    merged = make_method(inner).merge(two, tmp_path / inner, progress=False)
+    own_head = make_method(f"{inner}_own_head").merge(two, tmp_path / "head", progress=False)
+    own_vlm = make_method(f"{inner}_own_vlm").merge(two, tmp_path / "vlm", progress=False)
+    bank = make_method("expert_bank").merge(two, tmp_path / "bank", progress=False)
+    heads = ("action_head.", "action_queries.", "proprio_projector.")
+    for skill in two.skills:
+        method, expert = merged.instantiate(skill).tensors, bank.instantiate(skill).tensors
+        for hybrid, own_prefixes in ((own_head, heads), (own_vlm, None)):
+            tensors = hybrid.instantiate(skill).tensors
+            assert set(tensors) == set(expert)
+            for name, value in tensors.items():
+                is_head = name.startswith(heads)
+                from_expert = is_head if own_prefixes else not is_head
+                reference = expert[name] if from_expert else method[name]
+                torch.testing.assert_close(value, reference, rtol=1e-6, atol=1e-6, msg=name)

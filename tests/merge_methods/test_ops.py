@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from vlamergebench.merge_methods import ops
 
 torch.set_num_threads(1)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from vlamergebench.merge_methods.base import make_method
-from vlamergebench.merge_methods.registry import ROUTERS
+
+from vlamergebench.merge_methods.registry import ROUTERS, make_method
 from vlamergebench.merge_methods.routers import OracleRouter, value_subspace_score
 
 torch.set_num_threads(1)

@@ -7,8 +7,10 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file
+
 from vlamergebench.merge_methods import ops
-from vlamergebench.merge_methods.base import MergedModel, make_method
+from vlamergebench.merge_methods.merged import MergedModel
+from vlamergebench.merge_methods.registry import make_method
 
 torch.set_num_threads(1)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
 from vlamergebench.policies import checkpoint as ckpt
 from vlamergebench.policies.checkpoint import CheckpointError, NormStats
 from vlamergebench.policies.io import (
@@ -20,7 +21,8 @@ from vlamergebench.policies.io import (
     save_expert,
 )
 from vlamergebench.policies.lora import add_lora, base_namespace, lora_factors
-from vlamergebench.policies.model import VLAPolicy, build_model
+from vlamergebench.policies.model import build_model
+from vlamergebench.policies.policy import VLAPolicy
 from vlamergebench.policies.registry import make_config
 from vlamergebench.policies.tokenizer import HashedWordTokenizer
 

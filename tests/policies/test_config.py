@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from vlamergebench.policies.config import ConfigError, ViTConfig, VLAConfig
+
+from vlamergebench.configs import ConfigError
+from vlamergebench.policies.config import ViTConfig, VLAConfig
 from vlamergebench.policies.registry import PRESETS, make_config
 
 

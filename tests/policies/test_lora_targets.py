@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from vlamergebench.policies.lora import add_lora, lora_targets
 from vlamergebench.policies.model import PromptBatch, build_model
 from vlamergebench.policies.registry import make_config

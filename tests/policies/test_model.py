@@ -7,17 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from vlamergebench.policies.action_expert import MergeVLABlock, apply_rope, rope_tables
 from vlamergebench.policies.checkpoint import NormStats
 from vlamergebench.policies.config import ActionExpertConfig
 from vlamergebench.policies.llm import run_llm
-from vlamergebench.policies.model import (
-    PromptBatch,
-    VLAPolicy,
-    build_model,
-    normalize_actions,
-    unnormalize_actions,
-)
+from vlamergebench.policies.model import PromptBatch, build_model, normalize_actions, unnormalize_actions
+from vlamergebench.policies.policy import VLAPolicy
 from vlamergebench.policies.registry import make_config
 from vlamergebench.policies.tokenizer import HashedWordTokenizer, fnv1a_32
 

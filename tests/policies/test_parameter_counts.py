@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from vlamergebench.policies.action_expert import ActionExpert
 from vlamergebench.policies.config import ActionExpertConfig
 from vlamergebench.policies.lora import add_lora

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from vlamergebench.configs import ConfigError
 from vlamergebench.policies import checkpoint as ckpt
-from vlamergebench.policies.config import ConfigError
 from vlamergebench.policies.data import DemoError, load_frames
-from vlamergebench.policies.model import VLAPolicy, init_head
+from vlamergebench.policies.model import init_head
+from vlamergebench.policies.policy import VLAPolicy
 from vlamergebench.policies.registry import make_config
 from vlamergebench.policies.train import TrainConfig, prepare_model, train
 
@@ -42,9 +44,9 @@ def _write_demo(path, frames, instruction, convention="opencv"):
 @pytest.fixture(scope="module")
 def real_demo(tmp_path_factory):
     import gymnasium as gym
-    from vlamergebench.policies.demos import DemoWriter
 
     import vlamergebench.envs  # noqa: F401 (registers the ids)
+    from vlamergebench.policies.demos import DemoWriter
 
     env = gym.make("vlamergebench/LIBERO-Object-v0", task=0, image_size=96)
     observation, info = env.reset(seed=0, options={"init_state_id": 0})

@@ -16,6 +16,9 @@ from vlamergebench.envs import rendering as _rendering
 
 # Choose the MuJoCo GL backend before anything can import mujoco (headless EGL by default).
 _rendering.configure_gl_backend()
+# robosuite warns on import, in every process, that it has no private macro file (we need none: LIBERO sets
+# what it uses); the three lines tear progress bars. The filter is installed before robosuite is imported.
+_rendering.quiet_robosuite_macro_warning()
 
 # --- LIBERO and LIBERO-PRO (vlamergebench/envs/libero.py) ---------------------------------------------------
 # suite -> (id name, max_episode_steps). Step limits are LIBERO's standard evaluation limits; a LIBERO-PRO

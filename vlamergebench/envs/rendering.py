@@ -11,6 +11,7 @@ MuJoCo fails deep inside PyOpenGL (``'NoneType' object has no attribute 'glGetEr
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 
@@ -66,3 +67,22 @@ def require_gl_backend() -> str:
             f"Install a backend and select it with MUJOCO_GL before starting Python:\n{hints}"
         ) from error
     return backend
+
+
+# robosuite's import-time advice about a private macro file (robosuite/__init__.py), and nothing else it logs.
+_MACRO_ADVICE = (
+    "No private macro file found",
+    "It is recommended to use a private macro file",
+    "To setup, run:",
+)
+
+
+def _not_macro_advice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_MACRO_ADVICE)
+
+
+def quiet_robosuite_macro_warning() -> None:
+    """Drop robosuite's "No private macro file" warnings (a filter on its logger; other warnings pass)."""
+    logger = logging.getLogger("robosuite_logs")
+    if _not_macro_advice not in logger.filters:
+        logger.addFilter(_not_macro_advice)

@@ -227,7 +227,7 @@ class RoboTwinEnv(gym.Env):
                 episode_info = self.task_env.play_once()
                 solved = bool(self.task_env.plan_success and self.task_env.check_success())
             return solved, (episode_info or {}).get("info"), None
-        except Exception as error:  # noqa: BLE001 - script/eval_policy.py skips a seed on any error
+        except Exception as error:
             return False, None, error  # UnStableError (an unstable scene) is the common one
         finally:
             self._close_task()
@@ -239,7 +239,7 @@ class RoboTwinEnv(gym.Env):
             try:
                 self._setup(seed, 0)
                 return seed
-            except Exception as error:  # noqa: BLE001 - as upstream's data collection, try the next seed
+            except Exception as error:
                 last_error = error
         raise RuntimeError(
             f"RoboTwin {self.task_name}: {MAX_ERRORS_IN_A_ROW} random seeds in a row raised; the last error: "

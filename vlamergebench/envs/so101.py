@@ -19,14 +19,15 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from typing import IO, Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from vlamergebench.configs import from_mapping
 from vlamergebench.envs.options import reset_options
 from vlamergebench.envs.so101_twin import JOINT_NAMES, TASKS, SO101Twin, find_task
 
@@ -81,13 +82,9 @@ class SafetyLimits:
             raise ValueError(f"SafetyLimits: steps and rate must be positive, estop_hold_s >= 0: {self}")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SafetyLimits:
+    def from_dict(cls, values: Mapping[str, Any], where: str = "SafetyLimits") -> SafetyLimits:
         """Build from a dict (e.g. JSON); unknown keys raise, listing the known ones."""
-        known = {field.name for field in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown SafetyLimits key(s) {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**values)
+        return from_mapping(cls, values, where)
 
     def to_dict(self) -> dict[str, Any]:
         """All fields, defaults written out."""

@@ -9,8 +9,10 @@ A bundle is a ZIP file (or a directory) holding exactly two files:
 - ``results.sqlite``, a single-file snapshot of a results store.
 
 Reading a bundle executes nothing from it: the manifest is JSON; the archive may hold no other member and no
-path; each member is read with a size cap whatever its header claims; the store's hash must match the
-manifest; the store is opened read-only with ``trusted_schema`` off and its schema must be exactly ours
+path; the manifest is read and validated first, a store member whose header claims more bytes than the
+manifest declares is refused before decompression, and members are streamed to disk with that cap (memory
+stays at one block whatever the archive claims); the store's hash must match the manifest; the store is
+opened read-only with ``trusted_schema`` off and its schema must be exactly ours
 (``ResultsStore.open(readonly=True)``), so no view or trigger of the bundle's making can run; and the
 manifest's runs must agree with the store's.
 """
@@ -24,14 +26,15 @@ import shutil
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vlamergebench.eval.provenance import git_revision, package_versions
 from vlamergebench.eval.store import SCHEMA_VERSION, STORE_FILE, ResultsStore, StoreError
+from vlamergebench.provenance import git_revision, package_versions
 
 BUNDLE_FORMAT = "vlamergebench-results-bundle"
 BUNDLE_VERSION = 1
@@ -132,19 +135,59 @@ def validate_manifest(manifest: Any, where: str) -> None:
         raise BundleError(f"{where}: {MANIFEST_FILE} field {field}: {first.message}")
 
 
-def _read_member(archive: zipfile.ZipFile, name: str, limit: int, where: Path) -> bytes:
-    info = archive.getinfo(name)
+def _parse_manifest(text: bytes, where: Path) -> dict[str, Any]:
+    """The manifest's JSON, validated against the schema; anything else raises :class:`BundleError`."""
+    try:
+        manifest = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{where}: {MANIFEST_FILE} is not valid JSON ({error})") from None
+    except RecursionError:
+        raise BundleError(f"{where}: {MANIFEST_FILE} is nested too deeply to be a manifest") from None
+    validate_manifest(manifest, str(where))
+    return manifest
+
+
+def _declared_store_bytes(manifest: Mapping[str, Any], where: Path) -> int:
+    declared = int(manifest["store"]["bytes"])
+    if declared > MAX_STORE_BYTES:
+        raise BundleError(
+            f"{where}: {MANIFEST_FILE} field store/bytes is {declared}, more than the {MAX_STORE_BYTES} "
+            "a bundle may hold"
+        )
+    return declared
+
+
+def _check_member_size(info: zipfile.ZipInfo, expected: int, where: Path, what: str) -> None:
+    """Refuse a member before decompressing it when its header claims more than ``expected`` bytes."""
     if info.flag_bits & 0x1:
-        raise BundleError(f"{where}: member {name} is encrypted")
-    with archive.open(info) as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise BundleError(f"{where}: member {name} is larger than {limit} bytes")
-    return data
+        raise BundleError(f"{where}: member {info.filename} is encrypted")
+    if info.file_size > expected:
+        raise BundleError(
+            f"{where}: member {info.filename} is {info.file_size} bytes uncompressed, {what} {expected}"
+        )
 
 
-def _unpack(path: Path, scratch: Path) -> Path:
-    """Copy a bundle's two files into ``scratch`` (from a ZIP or a directory) and return ``scratch``."""
+def _copy_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, limit: int, where: Path
+) -> None:
+    """Stream a member to ``target`` in 1 MiB blocks, stopping as soon as it passes ``limit`` bytes."""
+    written = 0
+    try:
+        with archive.open(info) as source, target.open("wb") as sink:
+            for block in iter(lambda: source.read(1 << 20), b""):
+                written += len(block)
+                if written > limit:
+                    raise BundleError(f"{where}: member {info.filename} is larger than {limit} bytes")
+                sink.write(block)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:
+        raise BundleError(f"{where}: member {info.filename} is damaged ({error})") from None
+
+
+def _unpack(path: Path, scratch: Path) -> dict[str, Any]:
+    """Copy a bundle's two files into ``scratch`` (from a ZIP or a directory) and return its manifest.
+
+    The manifest is read and validated first, so the store is never decompressed past the size it declares.
+    """
     expected = {MANIFEST_FILE, STORE_FILE}
     if path.is_dir():
         present = {entry.name for entry in path.iterdir()}
@@ -152,18 +195,29 @@ def _unpack(path: Path, scratch: Path) -> Path:
             raise BundleError(
                 f"{path}: a bundle directory holds exactly {sorted(expected)}, found {sorted(present)}"
             )
-        for name in expected:
-            shutil.copyfile(path / name, scratch / name)
-        return scratch
+        if (path / MANIFEST_FILE).stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path}: {MANIFEST_FILE} is larger than {MAX_MANIFEST_BYTES} bytes")
+        manifest = _parse_manifest((path / MANIFEST_FILE).read_bytes(), path)
+        declared = _declared_store_bytes(manifest, path)
+        if (path / STORE_FILE).stat().st_size != declared:
+            raise BundleError(f"{path}: {STORE_FILE} does not match the size in {MANIFEST_FILE}")
+        shutil.copyfile(path / STORE_FILE, scratch / STORE_FILE)
+        return manifest
     if not zipfile.is_zipfile(path):
         raise BundleError(f"{path}: not a ZIP bundle")
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         if sorted(names) != sorted(expected):
             raise BundleError(f"{path}: a bundle holds exactly {sorted(expected)}, found {sorted(names)}")
-        (scratch / MANIFEST_FILE).write_bytes(_read_member(archive, MANIFEST_FILE, MAX_MANIFEST_BYTES, path))
-        (scratch / STORE_FILE).write_bytes(_read_member(archive, STORE_FILE, MAX_STORE_BYTES, path))
-    return scratch
+        info = archive.getinfo(MANIFEST_FILE)
+        _check_member_size(info, MAX_MANIFEST_BYTES, path, "more than the limit of")
+        _copy_member(archive, info, scratch / MANIFEST_FILE, MAX_MANIFEST_BYTES, path)
+        manifest = _parse_manifest((scratch / MANIFEST_FILE).read_bytes(), path)
+        declared = _declared_store_bytes(manifest, path)
+        info = archive.getinfo(STORE_FILE)
+        _check_member_size(info, declared, path, f"but {MANIFEST_FILE} declares")
+        _copy_member(archive, info, scratch / STORE_FILE, declared, path)
+    return manifest
 
 
 def _check_against_store(manifest: Mapping[str, Any], store_file: Path, where: Path) -> None:
@@ -199,12 +253,8 @@ def open_bundle(path: str | os.PathLike[str]) -> Iterator[tuple[dict[str, Any], 
     if not path.exists():
         raise BundleError(f"{path}: no such bundle")
     with tempfile.TemporaryDirectory(prefix="bundle-") as scratch:
-        unpacked = _unpack(path, Path(scratch))
-        try:
-            manifest = json.loads((unpacked / MANIFEST_FILE).read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise BundleError(f"{path}: {MANIFEST_FILE} is not valid JSON ({error})") from None
-        validate_manifest(manifest, str(path))
+        unpacked = Path(scratch)
+        manifest = _unpack(path, unpacked)
         try:
             _check_against_store(manifest, unpacked / STORE_FILE, path)
         except StoreError as error:

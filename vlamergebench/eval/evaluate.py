@@ -25,11 +25,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlamergebench.eval.benchmark import DEFAULT_EXPERTS, DTYPES, storage_record, task_units
-from vlamergebench.eval.merged import merged_policies
 from vlamergebench.eval.policy import PolicyContractError, SingleSkillSource
-from vlamergebench.eval.runner import Contender, Evaluation, Phase, PhaseSummary, RunOptions, run_evaluations
+from vlamergebench.eval.run import (
+    DEFAULT_EXPERTS,
+    DTYPES,
+    check_writable,
+    method_code_version,
+    out_lock,
+    path_safe,
+    storage_record,
+    task_units,
+)
+from vlamergebench.eval.runner import PhaseSummary, run_evaluations
+from vlamergebench.eval.sources import merged_policies
 from vlamergebench.eval.store import ResultsStore, RunRecord
+from vlamergebench.eval.work import Contender, Evaluation, Phase, RunOptions
 
 SUBJECT_KINDS = ("merged", "checkpoint", "policy")
 
@@ -48,7 +58,7 @@ class EvalConfig:
         experts: Expert-set directory naming each skill's env; None is the embedded default set.
         select: Skill or suite names to evaluate; empty means all.
         episodes_per_task, seeds, out, workers, max_steps, image_size, progress, tokenizer_dir, device,
-        dtype: As ``BenchmarkConfig``.
+        dtype: As ``RunConfig``.
     """
 
     kind: str
@@ -82,7 +92,7 @@ def _checkpoint_source(
 ) -> SingleSkillSource:
     import torch
 
-    from vlamergebench.policies.model import VLAPolicy
+    from vlamergebench.policies.policy import VLAPolicy
 
     policy = VLAPolicy.from_checkpoint(
         path, base=base, tokenizer_dir=tokenizer_dir, dtype=getattr(torch, dtype), device=device
@@ -120,19 +130,26 @@ def _factory_source(path: str, skills: Sequence[str]) -> Any:
 
 def evaluate(config: EvalConfig) -> list[PhaseSummary]:
     """Evaluate the subject on the selected skills, storing every episode in ``config.out``."""
-    from vlamergebench.policies.checkpoint import CheckpointDir, ExpertSet, file_sha256
-
     experts_dir = Path(config.experts) if config.experts else DEFAULT_EXPERTS
     if not (experts_dir / "expert_set.json").is_file():
         raise FileNotFoundError(f"{experts_dir}: no expert_set.json here (pass --experts DIR)")
+    check_writable(Path(config.out))
+    with out_lock(Path(config.out)):
+        return _evaluate(config, experts_dir)
+
+
+def _evaluate(config: EvalConfig, experts_dir: Path) -> list[PhaseSummary]:
+    from vlamergebench.policies.checkpoint import CheckpointDir, ExpertSet, file_sha256
+
     experts = ExpertSet.open(experts_dir)
     image_size = config.image_size or int(experts.base.config["policy"]["vision"]["image_size"])
     units = task_units(experts, config.select, image_size)
     skills = sorted({unit.skill for unit in units}, key=experts.skills.index)
     runtime = {"tokenizer_dir": config.tokenizer_dir, "device": config.device, "dtype": config.dtype}
     model = None
+    code_version = None
     if config.kind == "merged":
-        from vlamergebench.merge_methods.base import MergedModel
+        from vlamergebench.merge_methods.merged import MergedModel
         from vlamergebench.plugins import trust_method
 
         trust_method(config.method)
@@ -144,6 +161,7 @@ def evaluate(config: EvalConfig) -> list[PhaseSummary]:
                 f"{config.subject}: the merged model has no skill {missing}; it has {model.skills}"
             )
         name = config.name or model.method_name
+        code_version = method_code_version(model.method.name)
         identity = {"merged": model.config_hash, "expert_set": model.expert_set_id, "config": model.config}
         factory: Any = merged_policies(model.path, config.method, **runtime)
     elif config.kind == "checkpoint":
@@ -185,13 +203,11 @@ def evaluate(config: EvalConfig) -> list[PhaseSummary]:
             if model is not None:
                 store.add_storage(storage_record(run.run_id, step, model, 0))
             phase = Phase(step, tuple(units), config.episodes_per_task)
-            evaluations.append(Evaluation(run, phase, Contender(factory)))
+            evaluations.append(Evaluation(run, phase, Contender(factory), code_version))
         options = RunOptions(workers=config.workers, max_steps=config.max_steps, progress=config.progress)
         return run_evaluations(store, evaluations, options, label=f"eval {name}")
 
 
 def default_eval_out(name: str) -> str:
     """``runs/eval-<name>``: where ``eval`` writes when no ``--out`` is given."""
-    from vlamergebench.eval.benchmark import path_safe
-
     return os.path.join("runs", "eval-" + path_safe(name))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vlamergebench.eval.benchmark import BenchmarkConfig, run_benchmark
+from vlamergebench.eval.run import RunConfig, run_command
 from vlamergebench.eval.store import ResultsStore
 
 
@@ -29,7 +29,7 @@ def success_by_task(
     ended in an infrastructure error are left out of the rate.
     """
     store_dir = Path(out) / method
-    config = BenchmarkConfig(
+    config = RunConfig(
         method=method,
         experts=str(experts),
         episodes_per_task=episodes,
@@ -38,7 +38,7 @@ def success_by_task(
         max_steps=max_steps,
         progress=progress,
     )
-    run_benchmark(config)
+    run_command(config)
     with ResultsStore.open(store_dir, readonly=True) as store:
         frame = store.episodes_frame()
     frame = frame[frame["error"].isna()]

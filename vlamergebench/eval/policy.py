@@ -66,10 +66,10 @@ def check_policy_source(source: object) -> PolicySource:
     missing = [name for name in ("skills", "policy") if not hasattr(source, name)]
     if missing:
         raise PolicyContractError(f"{type(source).__name__} is not a PolicySource: it lacks {missing}")
-    skills = list(source.skills)  # type: ignore[attr-defined]
+    skills = list(source.skills)
     if not skills or len(set(skills)) != len(skills):
         raise PolicyContractError(f"{type(source).__name__}.skills must be unique names, got {skills}")
-    return source  # type: ignore[return-value]
+    return source
 
 
 def check_router(router: object) -> Router:
@@ -78,7 +78,7 @@ def check_router(router: object) -> Router:
         raise PolicyContractError(
             f"{type(router).__name__} is not a Router: it has no route(observation) method"
         )
-    return router  # type: ignore[return-value]
+    return router
 
 
 def check_action_chunk(chunk: object, action_dim: int, who: str) -> np.ndarray:

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlamergebench.eval.bundle import is_bundle, open_bundle
-from vlamergebench.eval.store import PROTOCOLS, ROUTING_MODES, ResultsStore, StoreError
+from vlamergebench.eval.store import (
+    PROTOCOLS,
+    ROUTING_MODES,
+    ResultsStore,
+    StoreError,
+    is_infrastructure_error,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,12 +39,15 @@ class Results:
         episodes: One row per episode, with the run's identity columns (``ResultsStore.episodes_frame``).
         storage: One row per (run, admission step) with storage figures.
         sources: The sources, in the order given.
+        infrastructure_errors: Episodes lost to the infrastructure (a dead worker), same columns as
+            ``episodes``; they are in no rate (a resume reruns them), only counted.
     """
 
     runs: pd.DataFrame
     episodes: pd.DataFrame
     storage: pd.DataFrame
     sources: tuple[str, ...]
+    infrastructure_errors: pd.DataFrame | None = None
 
     def final_episodes(self, perturbed: bool = False) -> pd.DataFrame:
         """Episodes of each run's final model (admission step T = number of skills).
@@ -60,6 +69,34 @@ def _read_store(store_path: Path, source: str) -> tuple[pd.DataFrame, pd.DataFra
     for frame in frames[:2]:  # "" rather than None for oracle runs, so that entries group and compare simply
         frame["router"] = frame["router"].fillna("").astype(str)
     return frames
+
+
+# Columns every figure is computed from: (table, column, smallest allowed value, integers only).
+_NUMERIC_COLUMNS = (
+    ("storage", "total_bytes", 0, True),
+    ("storage", "dense_bank_bytes", 1, True),
+    ("storage", "lora_bank_bytes", 1, True),
+    ("storage", "parameters", 0, True),
+    ("episodes", "steps", 0, True),
+    ("episodes", "episode_index", 0, True),
+    ("episodes", "wall_s", 0, False),
+    ("episodes", "routing_s", 0, False),
+)
+
+
+def _check_numbers(frames: dict[str, pd.DataFrame], source: str) -> None:
+    """Finite, in range, integral where counted: a CHECK constraint does not stop ``inf`` or a tamperer."""
+    import math
+    import numbers
+
+    for table, column, smallest, integral in _NUMERIC_COLUMNS:
+        for value in frames[table][column].dropna():
+            number = float(value) if isinstance(value, numbers.Real) else math.nan
+            if not (math.isfinite(number) and number >= smallest and (not integral or number.is_integer())):
+                kind = "integers" if integral else "finite numbers"
+                raise StoreError(
+                    f"{source}: column {table}.{column} holds {value}; expected {kind} >= {smallest}"
+                )
 
 
 def _check_values(runs: pd.DataFrame, episodes: pd.DataFrame, source: str) -> None:
@@ -113,6 +150,7 @@ def load_results(sources: Sequence[str | os.PathLike[str]]) -> Results:
         else:
             frames = _read_store(path, name)
         _check_values(frames[0], frames[1], name)
+        _check_numbers({"episodes": frames[1], "storage": frames[2]}, name)
         for run_id in frames[0]["run_id"]:
             if run_id in seen_runs:
                 raise StoreError(
@@ -122,4 +160,11 @@ def load_results(sources: Sequence[str | os.PathLike[str]]) -> Results:
         parts.append(frames)
     runs, episodes, storage = (pd.concat([part[i] for part in parts], ignore_index=True) for i in range(3))
     _check_entries(runs)
-    return Results(runs=runs, episodes=episodes, storage=storage, sources=tuple(str(s) for s in sources))
+    lost = episodes["error"].map(is_infrastructure_error).astype(bool)
+    return Results(
+        runs=runs,
+        episodes=episodes[~lost].reset_index(drop=True),
+        storage=storage,
+        sources=tuple(str(s) for s in sources),
+        infrastructure_errors=episodes[lost].reset_index(drop=True),
+    )

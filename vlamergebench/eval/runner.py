@@ -7,6 +7,7 @@ admitted so far (DESIGN.md "Continual"). Episode k of a task uses init state k a
 run repeats exactly the same episodes.
 
 Resuming: before anything runs, the store is asked which episodes are finished; only the others are planned.
+An episode whose worker died is an infrastructure error, not finished: a rerun runs it again.
 
 Simulators: a process keeps the simulators it built (a small LRU cache keyed by env id and kwargs) across
 work items and evaluations, so a task is built once per process, not once per phase; a simulator that
@@ -14,160 +15,35 @@ faulted is closed and rebuilt. Contenders (policies, routers) are cached the sam
 preferably to the process that already holds the item's simulator.
 
 Parallelism: ``workers > 1`` starts that many spawned processes (:mod:`vlamergebench.eval.workers`) for all
-the evaluations at once; the parent alone writes the store. ``workers == 1`` runs in this process.
+the evaluations at once; the parent alone writes the store. ``workers == 1`` runs in this process. The work
+types both sides share live in :mod:`vlamergebench.eval.work`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from vlamergebench.eval.policy import PolicySourceFactory, RouterFactory, check_policy_source, check_router
-from vlamergebench.eval.provenance import canonical_json, episode_seed, git_revision, package_versions
-from vlamergebench.eval.rollout import EpisodeOutcome, rollout
 from vlamergebench.eval.store import EpisodeRecord, ResultsStore, RunRecord
+from vlamergebench.eval.work import (
+    Contender,
+    EpisodeJob,
+    Evaluation,
+    Phase,
+    Resources,
+    RunOptions,
+    WorkItem,
+    run_item,
+)
+from vlamergebench.eval.workers import run_in_workers
+from vlamergebench.provenance import git_revision, package_versions
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TaskUnit:
-    """One evaluated (skill, task, env variant): what an episode row names besides its index.
-
-    Attributes:
-        skill: The skill (expert) this task belongs to; the true label for routing.
-        suite: Suite name (e.g. ``libero_object``).
-        task: Task name, unique within the suite.
-        env_id: Gymnasium id (``module:id`` also works, Gymnasium imports the module first).
-        env_kwargs: Keyword arguments of ``gymnasium.make`` (the task id, image size, perturbation...).
-        variant: Label of a perturbed variant; ``""`` for the unperturbed env.
-        perturbation_axis: The perturbation axis of ``variant`` (e.g. ``lighting``), None if unperturbed.
-        perturbation_level: Its level, as text (e.g. ``"3"``), None if unperturbed.
-    """
-
-    skill: str
-    suite: str
-    task: str
-    env_id: str
-    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    variant: str = ""
-    perturbation_axis: str | None = None
-    perturbation_level: str | None = None
-
-    def make_env(self) -> Any:
-        """Build the env (registers our ids first; runs inside the worker)."""
-        import gymnasium as gym
-
-        import vlamergebench.envs  # noqa: F401  (registers vlamergebench/* ids)
-
-        return gym.make(self.env_id, **dict(self.env_kwargs))
-
-    @property
-    def env_key(self) -> str:
-        """Identifies the simulator: env id and make kwargs (units differing only in skill share it)."""
-        return self.env_id + canonical_json(dict(self.env_kwargs))
-
-
-@dataclass(frozen=True)
-class Phase:
-    """The episodes of one evaluation: every unit x episodes ``0 .. episodes_per_task - 1``."""
-
-    admission_step: int
-    units: tuple[TaskUnit, ...]
-    episodes_per_task: int
-
-    def __post_init__(self) -> None:
-        if self.admission_step < 1 or self.episodes_per_task < 1 or not self.units:
-            raise ValueError(f"Phase needs admission_step >= 1, episodes_per_task >= 1 and units, got {self}")
-        keys = [(u.skill, u.env_id, u.variant, u.task) for u in self.units]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"Phase lists a (skill, env_id, variant, task) twice: {keys}")
-
-
-@dataclass(frozen=True)
-class Contender:
-    """What is evaluated: picklable factories, called once inside each process that runs its episodes.
-
-    Attributes:
-        source_factory: Builds the :class:`~vlamergebench.eval.policy.PolicySource`.
-        router_factory: Builds the router; None for oracle routing.
-    """
-
-    source_factory: PolicySourceFactory
-    router_factory: RouterFactory | None = None
-
-    @property
-    def key(self) -> str:
-        """Identifies the contender within a process's cache (factories' reprs name their arguments)."""
-        return repr((self.source_factory, self.router_factory))
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How to run (not part of a run's identity).
-
-    Attributes:
-        workers: Worker processes; 1 runs in this process.
-        max_steps: Cap on primitive steps per episode; None takes the env spec's ``max_episode_steps``.
-        threads_per_worker: torch/BLAS threads in each worker.
-        progress: Show the tqdm progress bar.
-        envs_per_worker: Simulators a process keeps built (LRU).
-        contenders_per_worker: Contenders a process keeps built (LRU).
-    """
-
-    workers: int = 1
-    max_steps: int | None = None
-    threads_per_worker: int = 1
-    progress: bool = True
-    envs_per_worker: int = 2
-    contenders_per_worker: int = 2
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """One phase of one run, by one contender."""
-
-    run: RunRecord
-    phase: Phase
-    contender: Contender
-
-    def episode_keys(self) -> list[tuple[Any, ...]]:
-        """The episode keys (``EPISODE_KEY`` order) of every episode of the phase."""
-        run, phase = self.run, self.phase
-        return [
-            (run.run_id, phase.admission_step, u.skill, u.env_id, u.variant, u.task, k)
-            for u in phase.units
-            for k in range(phase.episodes_per_task)
-        ]
-
-
-@dataclass(frozen=True)
-class EpisodeJob:
-    """Everything a process needs besides the env and the contender to produce one stored row."""
-
-    run_id: str
-    run_seed: int
-    admission_step: int
-    max_steps: int | None
-    versions: Mapping[str, str]
-    git_rev: str
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """Episodes of one unit that one simulator runs in order, for one evaluation."""
-
-    unit: TaskUnit
-    episode_indices: tuple[int, ...]
-    job: EpisodeJob
-    contender: Contender
 
 
 @dataclass(frozen=True)
@@ -211,90 +87,6 @@ def plan(
             for i in range(0, len(indices), size)
         ]
     return items
-
-
-def build_contender(contender: Contender) -> tuple[Any, Any]:
-    """Call the factories and check what they return (in whichever process runs episodes)."""
-    source = check_policy_source(contender.source_factory())
-    router = None if contender.router_factory is None else check_router(contender.router_factory())
-    return source, router
-
-
-class Resources:
-    """The simulators and contenders one process keeps built, as small LRU caches.
-
-    Args:
-        max_envs: Simulators kept.
-        max_contenders: Contenders kept.
-    """
-
-    def __init__(self, max_envs: int = 2, max_contenders: int = 2) -> None:
-        self.max_envs, self.max_contenders = max_envs, max_contenders
-        self._envs: OrderedDict[str, Any] = OrderedDict()
-        self._contenders: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
-
-    def env(self, unit: TaskUnit) -> Any:
-        """The simulator of ``unit``, built on first use."""
-        key = unit.env_key
-        if key in self._envs:
-            self._envs.move_to_end(key)
-        else:
-            self._envs[key] = unit.make_env()
-            while len(self._envs) > self.max_envs:
-                self._envs.popitem(last=False)[1].close()
-        return self._envs[key]
-
-    def discard_env(self, unit: TaskUnit) -> None:
-        """Close and forget the simulator of ``unit`` (after a fault it may be left broken)."""
-        env = self._envs.pop(unit.env_key, None)
-        if env is not None:
-            env.close()
-
-    def contender(self, contender: Contender) -> tuple[Any, Any]:
-        """``(policy source, router)`` of ``contender``, built on first use."""
-        key = contender.key
-        if key in self._contenders:
-            self._contenders.move_to_end(key)
-        else:
-            self._contenders[key] = build_contender(contender)
-            while len(self._contenders) > self.max_contenders:
-                self._contenders.popitem(last=False)
-        return self._contenders[key]
-
-    def close(self) -> None:
-        """Close every simulator."""
-        while self._envs:
-            self._envs.popitem()[1].close()
-
-
-def run_item(item: WorkItem, resources: Resources) -> Iterator[tuple[str, Any]]:
-    """Run one work item, yielding ``("start", k)``, then ``("episode", record)``, per episode k."""
-    unit, job = item.unit, item.job
-    source, router = resources.contender(item.contender)
-    for k in item.episode_indices:
-        env = resources.env(unit)
-        max_steps = job.max_steps or (env.spec.max_episode_steps if env.spec else None)
-        if not max_steps:
-            raise ValueError(f"{unit.env_id}: no max_episode_steps in its spec; set RunOptions.max_steps")
-        yield "start", k
-        seed = episode_seed(job.run_seed, unit.skill, k)
-        out = rollout(env, source, router, skill=unit.skill, seed=seed, init_state_id=k, max_steps=max_steps)
-        yield "episode", episode_record(item, k, seed, out, os.getpid())
-        if out.error is not None:  # the simulator may be left broken: build a fresh one
-            resources.discard_env(unit)
-
-
-def episode_record(item: WorkItem, k: int, seed: int, out: EpisodeOutcome, pid: int) -> EpisodeRecord:
-    """The stored row of episode ``k`` of ``item``."""
-    unit, job = item.unit, item.job
-    return EpisodeRecord(
-        run_id=job.run_id, admission_step=job.admission_step, skill=unit.skill, suite=unit.suite,
-        task=unit.task, env_id=unit.env_id, env_kwargs=unit.env_kwargs, variant=unit.variant,
-        perturbation_axis=unit.perturbation_axis, perturbation_level=unit.perturbation_level,
-        episode_index=k, init_state_id=k, seed=seed, routed_skill=out.routed_skill, routing_s=out.routing_s,
-        success=out.success, steps=out.steps, wall_s=out.wall_s, error=out.error, instruction=out.instruction,
-        versions=job.versions, git_rev=job.git_rev, worker_pid=pid,
-    )  # fmt: skip
 
 
 class _Progress:
@@ -355,7 +147,9 @@ def run_evaluations(
     items, total, resumed = [], 0, []
     for evaluation in evaluations:
         run, phase = evaluation.run, evaluation.phase
-        finished = store.finished_episodes(run.run_id)
+        if evaluation.code_version is not None:
+            store.check_method_code(run.run_id, evaluation.code_version)
+        finished = store.finished_episodes(run.run_id, options.retry_errors)
         mine = [finished[key] for key in evaluation.episode_keys() if key in finished]
         resumed += mine
         counts[(run.run_id, phase.admission_step)] = {
@@ -363,13 +157,17 @@ def run_evaluations(
             "errors": sum(failed for _, failed in mine), "ran": 0, "resumed": len(mine),
         }  # fmt: skip
         total += len(evaluation.episode_keys())
-        job = EpisodeJob(run.run_id, run.run_seed, phase.admission_step, options.max_steps, versions, git_rev)
+        code = {} if evaluation.code_version is None else {"method_code": evaluation.code_version}
+        job = EpisodeJob(
+            run.run_id, run.run_seed, phase.admission_step, options.max_steps, {**versions, **code}, git_rev
+        )
         items += plan(evaluation, job, finished, options.workers)
     progress = _Progress(total, len(resumed), sum(ok for ok, _ in resumed), sum(f for _, f in resumed), label,
                          options.progress)  # fmt: skip
 
     def commit(record: EpisodeRecord) -> None:
-        if not store.add_episode(record):  # only if two invocations share one store at once: first row stands
+        # refused only if two invocations share one store at once: the first row stands
+        if not store.add_episode(record, options.retry_errors):
             logger.warning("episode %s was already stored; kept the stored row", record.key)
             return
         progress.add(record)
@@ -390,8 +188,6 @@ def run_evaluations(
             finally:
                 resources.close()
         elif items:
-            from vlamergebench.eval.workers import run_in_workers
-
             run_in_workers(items, options, commit)
     finally:
         progress.bar.close()

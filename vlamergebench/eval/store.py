@@ -7,8 +7,9 @@ the episode succeeded, and the provenance of the process that ran it.
 
 Resuming: an episode is identified by :data:`EPISODE_KEY`, the table's primary key, so a rerun that asks for
 :meth:`ResultsStore.finished_episodes` skips what is done and an insert of a finished episode is refused by
-SQLite itself; nothing can be counted twice. Rows are committed one by one in WAL mode, so a killed run loses
-at most the episodes still in flight.
+SQLite itself; nothing can be counted twice. The exception is an infrastructure error (see
+:func:`is_infrastructure_error`): such a row is not finished, and the rerun's row replaces it. Rows are
+committed one by one in WAL mode, so a killed run loses at most the episodes still in flight.
 
 Reading untrusted stores (bundles from others): :meth:`ResultsStore.open` with ``readonly=True`` opens the
 file read-only, turns off ``trusted_schema`` and refuses any file whose schema (every table, index, view and
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlamergebench.eval.provenance import canonical_json, config_hash
+from vlamergebench.provenance import canonical_json, config_hash
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,6 +39,16 @@ PROTOCOLS = ("one_shot", "continual")
 # oracle: the true skill is given; method: the merge method's own router; named: a router from the registry.
 ROUTING_MODES = ("oracle", "method", "named")
 EPISODE_KEY = ("run_id", "admission_step", "skill", "env_id", "variant", "task", "episode_index")
+# An episode lost to the infrastructure (its worker process died: the OOM killer, a segfault) says nothing
+# about the policy: its row's error starts with this, it is left out of every rate and rerun on resume.
+# (Stores written before the prefix existed name such episodes "worker process <pid> died ...".)
+INFRASTRUCTURE_ERROR = "infrastructure: "
+
+
+def _infrastructure_sql(column: str) -> str:
+    patterns = f"{column} LIKE 'infrastructure: %' OR {column} LIKE 'worker process % died %'"
+    return f"({column} IS NOT NULL AND ({patterns}))"  # NOT of a NULL comparison would drop healthy rows
+
 
 _SCHEMA = """
 CREATE TABLE runs (
@@ -92,6 +103,13 @@ CREATE TABLE storage (
     PRIMARY KEY (run_id, admission_step)
 );
 """
+
+
+def is_infrastructure_error(error: object) -> bool:
+    """Whether a stored ``error`` is an infrastructure fault (a dead worker), not the policy's failure."""
+    return isinstance(error, str) and (
+        error.startswith(INFRASTRUCTURE_ERROR) or (error.startswith("worker process ") and " died " in error)
+    )
 
 
 class StoreError(ValueError):
@@ -313,8 +331,19 @@ class ResultsStore:
         except sqlite3.DatabaseError as error:
             raise StoreError(f"{path}: not an SQLite results store ({error})") from None
         if not objects and create:
-            db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
-            return
+            # Another process may be creating the same store right now: decide under the write lock.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if not db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            objects = set(db.execute("SELECT type, name, coalesce(sql, '') FROM sqlite_master"))
         if version != SCHEMA_VERSION:
             raise StoreError(
                 f"{path}: results store schema version {version}, this vlamergebench reads {SCHEMA_VERSION}"
@@ -352,26 +381,52 @@ class ResultsStore:
             run.run_seed,
             canonical_json(dict(run.settings)),
         )
-        existing = self._db.execute(
+        query = (
             "SELECT run_id, method, method_config_json, method_config_hash, expert_set_id, skills_json,"
-            " protocol, routing_mode, router, run_seed, settings_json FROM runs WHERE run_id = ?",
-            (run.run_id,),
-        ).fetchone()
-        if existing is None:
-            self._db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, _now()))
-        elif tuple(existing) != row:
+            " protocol, routing_mode, router, run_seed, settings_json FROM runs WHERE run_id = ?"
+        )
+        existing = self._db.execute(query, (run.run_id,)).fetchone()
+        if existing is None:  # another process may register the same run meanwhile: then compare with it
+            self._db.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (*row, _now()),
+            )
+            existing = self._db.execute(query, (run.run_id,)).fetchone()
+        if tuple(existing) != row:
             raise StoreError(
                 f"{self.path}: run {run.run_id} is stored with other settings: {existing} != {row}"
             )
 
-    def finished_episodes(self, run_id: str) -> dict[tuple[Any, ...], tuple[bool, bool]]:
-        """Stored episodes of ``run_id``: key (:data:`EPISODE_KEY` order) -> (success, ended in an error)."""
+    def finished_episodes(
+        self, run_id: str, retry_errors: bool = False
+    ) -> dict[tuple[Any, ...], tuple[bool, bool]]:
+        """Stored episodes of ``run_id``: key (:data:`EPISODE_KEY` order) -> (success, ended in an error).
+
+        Infrastructure errors are not finished; with ``retry_errors``, no episode that ended in an error is.
+        """
         columns = ", ".join(EPISODE_KEY)
-        query = f"SELECT {columns}, success, error IS NOT NULL FROM episodes WHERE run_id = ?"
+        unfinished = "(error IS NOT NULL)" if retry_errors else _infrastructure_sql("error")
+        where = f"run_id = ? AND NOT {unfinished}"
+        query = f"SELECT {columns}, success, error IS NOT NULL FROM episodes WHERE {where}"
         return {tuple(row[:-2]): (bool(row[-2]), bool(row[-1])) for row in self._db.execute(query, (run_id,))}
 
-    def add_episode(self, episode: EpisodeRecord) -> bool:
-        """Commit one finished episode; False (and nothing changed) if that episode is already stored."""
+    def check_method_code(self, run_id: str, code_version: str) -> None:
+        """Refuse to extend run ``run_id`` if its stored episodes came from another method code version."""
+        query = "SELECT DISTINCT versions_json FROM episodes WHERE run_id = ?"
+        stored = {json.loads(row[0]).get("method_code") for row in self._db.execute(query, (run_id,))}
+        other = sorted(str(code) for code in stored - {code_version})
+        if other:
+            raise StoreError(
+                f"{self.path}: run {run_id} holds episodes of method code {', '.join(other)}; this is method "
+                f"code {code_version} (the method's source changed): give a new --out so that the two are "
+                "never mixed"
+            )
+
+    def add_episode(self, episode: EpisodeRecord, retry_errors: bool = False) -> bool:
+        """Commit one finished episode; False (and nothing changed) if that episode is already stored.
+
+        A stored infrastructure error (with ``retry_errors``: any stored error) is replaced instead.
+        """
         values = {
             **{name: getattr(episode, name) for name in EPISODE_KEY},
             "suite": episode.suite,
@@ -394,8 +449,13 @@ class ResultsStore:
         }
         names = ", ".join(values)
         marks = ", ".join("?" * len(values))
+        updates = ", ".join(f"{name} = excluded.{name}" for name in values if name not in EPISODE_KEY)
+        column = "episodes.error"
+        replaceable = f"{column} IS NOT NULL" if retry_errors else _infrastructure_sql(column)
         cursor = self._db.execute(
-            f"INSERT INTO episodes ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING", tuple(values.values())
+            f"INSERT INTO episodes ({names}) VALUES ({marks}) ON CONFLICT ({', '.join(EPISODE_KEY)})"
+            f" DO UPDATE SET {updates} WHERE {replaceable}",
+            tuple(values.values()),
         )
         return cursor.rowcount == 1
 

@@ -7,8 +7,9 @@ and ``episode`` with the finished record; ``fatal`` carries the traceback of a c
 run stops); ``exit`` says it stopped cleanly.
 
 Because the parent knows which episode each worker has in flight, a worker that dies outright (a segfault in
-the simulator, the OOM killer) costs one episode, recorded as a failure naming the exit code; the rest of its
-work item goes back to the queue and a replacement worker starts. Workers are spawned (no fork: MuJoCo's GL
+the simulator, the OOM killer) costs one episode, recorded as an infrastructure error naming the exit code
+(left out of rates, rerun on resume); the rest of its work item goes back to the queue and a replacement
+worker starts. Workers are spawned (no fork: MuJoCo's GL
 context and torch's threads do not survive a fork) and ask Linux to kill them when the parent dies, so a
 killed run leaves no orphans behind.
 """
@@ -24,10 +25,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vlamergebench.eval.provenance import episode_seed
 from vlamergebench.eval.rollout import EpisodeOutcome
-from vlamergebench.eval.runner import Resources, RunOptions, WorkItem, episode_record, run_item
-from vlamergebench.eval.store import EpisodeRecord
+from vlamergebench.eval.store import INFRASTRUCTURE_ERROR, EpisodeRecord
+from vlamergebench.eval.work import Resources, RunOptions, WorkItem, episode_record, run_item
+from vlamergebench.provenance import episode_seed
 
 _POLL_S = 0.5
 
@@ -81,7 +82,7 @@ class _Handle:
 
 def _crash_record(item: WorkItem, k: int, exitcode: int | None, pid: int) -> EpisodeRecord:
     seed = episode_seed(item.job.run_seed, item.unit.skill, k)
-    error = f"worker process {pid} died (exit code {exitcode}) during this episode"
+    error = f"{INFRASTRUCTURE_ERROR}worker process {pid} died (exit code {exitcode}) during this episode"
     return episode_record(item, k, seed, EpisodeOutcome(False, 0, 0.0, None, 0.0, None, error), pid)
 
 

@@ -1,1 +1,1 @@
-"""Building expert sets: the default recipes and their acceptance statistics."""
+"""Building expert sets: scripted demonstrations (collect), the default recipes, acceptance statistics."""

@@ -32,6 +32,7 @@ exists and resumes when interrupted (expect several CPU-hours on 2 cores; each s
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Callable
@@ -124,7 +125,7 @@ def demo_path(demos: Path, suite: str, task_id: int) -> Path:
 
 def _collect_one(suite: str, task_id: int, attempts: int, demos: str) -> tuple[str, float]:
     """One task's demonstrations (in a worker process; resumes a ``.partial`` file): (summary, seconds)."""
-    from vlamergebench.eval.collect import CollectConfig, collect_demos
+    from vlamergebench.experts.collect import CollectConfig, collect_demos
 
     started = time.monotonic()
     path = demo_path(Path(demos), suite, task_id)
@@ -191,7 +192,10 @@ def collect_demos_for(
     todo = [(key, n) for key, n in plan.items() if not demo_path(demos, *key).is_file()]
     if not todo:
         return
-    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+    # spawn, not fork: a forked child of a process holding a MuJoCo EGL context hangs creating its own
+    with ProcessPoolExecutor(
+        max_workers=max(1, jobs), mp_context=multiprocessing.get_context("spawn")
+    ) as pool:
         futures = {
             (suite, task): pool.submit(_collect_one, suite, task, n, str(demos)) for (suite, task), n in todo
         }

@@ -110,21 +110,22 @@ def read_peft_adapter(directory: str | os.PathLike[str]) -> tuple[dict[str, torc
 
 def _check_factors(factors: Mapping[str, torch.Tensor], base: CheckpointDir, source: str) -> list[str]:
     """The LoRA targets, after checking each factor pair against the base's weight shape."""
-    from vlamergebench.merge_methods.io import TensorFile
+    from safetensors import safe_open
 
-    vlm = TensorFile(base.file(VLM_FILE), "base")
+    with safe_open(base.file(VLM_FILE), "pt") as vlm_file:  # headers only: names and shapes
+        shapes = {name: tuple(vlm_file.get_slice(name).get_shape()) for name in vlm_file.keys()}  # noqa: SIM118
     targets = sorted(name[: -len(LORA_A_SUFFIX)] for name in factors if name.endswith(LORA_A_SUFFIX))
     for module in targets:
         if module + LORA_B_SUFFIX not in factors:
             raise CheckpointError(f"{source}: {module} has lora_A but no lora_B")
         weight = module + ".weight"
-        if not module.startswith(VLM_PREFIXES) or weight not in vlm.names:
+        if not module.startswith(VLM_PREFIXES) or weight not in shapes:
             raise CheckpointError(f"{source}: LoRA target {module} is not a weight of the base's VLM")
         a, b = factors[module + LORA_A_SUFFIX], factors[module + LORA_B_SUFFIX]
-        if (b.shape[0], a.shape[1]) != tuple(vlm.shape(weight)) or a.shape[0] != b.shape[1]:
+        if (b.shape[0], a.shape[1]) != shapes[weight] or a.shape[0] != b.shape[1]:
             raise CheckpointError(
                 f"{source}: {module}: B {tuple(b.shape)} @ A {tuple(a.shape)} does not give the base's "
-                f"{weight} {tuple(vlm.shape(weight))}"
+                f"{weight} {shapes[weight]}"
             )
     unpaired = sorted(
         name
@@ -252,13 +253,14 @@ def _check_dense_against_base(
     atol: float,
 ) -> None:
     """The release's dense weight of the first target equals base + LoRA: else ``--base`` is not its base."""
-    from vlamergebench.merge_methods.io import TensorFile
+    from safetensors import safe_open
 
     module = sorted(name for name in factors if name.endswith(LORA_A_SUFFIX))[0][: -len(LORA_A_SUFFIX)]
     weight = module + ".weight"
     if weight not in dense:
         raise CheckpointError(f"{release}/model.safetensors: no {weight}, a LoRA target of lora_adapter/")
-    base_weight = TensorFile(base.file(VLM_FILE), "base").read(weight).float()
+    with safe_open(base.file(VLM_FILE), "pt") as vlm_file:
+        base_weight = vlm_file.get_tensor(weight).float()
     expected = (
         base_weight
         + scale * factors[module + LORA_B_SUFFIX].float() @ factors[module + LORA_A_SUFFIX].float()

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from vlamergebench.configs import from_mapping
+
 # The seven axes of LIBERO-Plus (arXiv 2510.13626), in its order, under our names.
 AXES = ("camera", "robot_init", "language", "light", "background", "noise", "layout")
 # Our second robot-init mode: the same joint offsets without LIBERO-Plus's stale-controller drift.
@@ -110,13 +112,9 @@ class PerturbationConfig:
             )
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PerturbationConfig:
+    def from_dict(cls, data: Mapping[str, Any], where: str = "perturbation") -> PerturbationConfig:
         """Build from a plain dict (JSON); unknown keys raise, listing the valid ones."""
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - valid
-        if unknown:
-            raise ValueError(f"unknown perturbation fields {sorted(unknown)}; valid fields: {sorted(valid)}")
-        return cls(**data)
+        return from_mapping(cls, data, where)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, defaults written out, JSON-ready."""

@@ -1,13 +1,13 @@
 """The embedded default expert set: shipped in the package, opened by `run` with no --experts, and made by the
-recipe `vlamergebench build-default-experts` runs (vlamergebench/eval/default_experts.py)."""
+recipe `vlamergebench build-default-experts` runs (vlamergebench/experts/default_v1.py)."""
 
 from __future__ import annotations
 
 import pytest
-from vlamergebench.policies.checkpoint import ExpertSet
 
-from vlamergebench.eval import default_experts as recipe
-from vlamergebench.eval.benchmark import DEFAULT_EXPERTS, task_units
+from vlamergebench.eval.run import DEFAULT_EXPERTS, task_units
+from vlamergebench.experts import default_v1 as recipe
+from vlamergebench.policies.checkpoint import ExpertSet
 
 
 def test_the_shipped_set_is_the_recipes():

@@ -38,7 +38,7 @@ class MergedPolicies:
         device: str = "cpu",
         dtype: str = "float32",
     ):
-        from vlamergebench.merge_methods.base import MergedModel
+        from vlamergebench.merge_methods.merged import MergedModel
         from vlamergebench.plugins import trust_method
 
         trust_method(trusted_method)
@@ -62,7 +62,7 @@ class MergedPolicies:
         import torch
 
         from vlamergebench.policies.config import VLAConfig
-        from vlamergebench.policies.model import VLAPolicy
+        from vlamergebench.policies.policy import VLAPolicy
 
         weights = self.model.instantiate(skill)
         policy = VLAPolicy.from_state_dict(
@@ -84,7 +84,7 @@ class MergedPolicies:
 def _load_router(
     merged_dir: str, name: str | None, trusted_method: str | None = None, tokenizer_dir: str | None = None
 ) -> Any:
-    from vlamergebench.merge_methods.base import MergedModel
+    from vlamergebench.merge_methods.merged import MergedModel
     from vlamergebench.plugins import trust_method
 
     trust_method(trusted_method)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,10 @@ import gymnasium as gym
 import numpy as np
 
 import vlamergebench.envs
-from vlamergebench.eval.provenance import git_revision, package_versions
+from vlamergebench.configs import from_mapping
 from vlamergebench.policies.demos import DemoFile, DemoWriter
 from vlamergebench.policies.scripted.libero import LiberoScriptedExpert
+from vlamergebench.provenance import git_revision, package_versions
 
 
 @dataclass(frozen=True)
@@ -68,12 +69,9 @@ class CollectConfig:
             )
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> CollectConfig:
+    def from_dict(cls, values: Mapping[str, Any], where: str = "CollectConfig") -> CollectConfig:
         """Build from a dict; unknown keys raise."""
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"CollectConfig: unknown keys {sorted(unknown)}")
-        return cls(**values)
+        return from_mapping(cls, values, where)
 
     @property
     def env_id(self) -> str:

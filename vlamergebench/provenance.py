@@ -1,9 +1,11 @@
-"""Provenance stamped on every stored episode: package versions, git revision, seeds and config hashes.
+"""Provenance: package versions, git revision, episode seeds and the one config hash. Standard library only.
 
-DESIGN.md "Provenance": every result carries the method name and config hash, the expert set id, package
-versions, the git revision and the seeds. Hashes here are SHA-256 over canonical JSON (sorted keys, no
-whitespace), so the same resolved config hashes the same in every process and on every machine; Python's
-``hash()`` is salted per process and is never used for anything stored.
+Every result carries the method name and config hash, the expert set id, package versions, the git revision
+and the seeds; a trained checkpoint carries the versions and revision too. There is one config hash,
+:func:`config_hash`: ``merged.json``, the results store (and so the run ids and the leaderboard page) and
+training all use it, so a leaderboard row can be matched to its merged directory. Hashes are SHA-256 over
+canonical JSON (sorted keys, no whitespace), so the same resolved config hashes the same in every process and
+on every machine; Python's ``hash()`` is salted per process and is never used for anything stored.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ TRACKED_DISTRIBUTIONS = (
     "torch",
     "transformers",
     "peft",
+    "safetensors",
     "numpy",
 )
 
@@ -44,8 +47,8 @@ def config_hash(config: Mapping[str, Any]) -> str:
 def episode_seed(run_seed: int, skill: str, episode_index: int) -> int:
     """The seed of episode ``episode_index`` of ``skill``: a pure function of (run seed, skill, k).
 
-    DESIGN.md "Episodes": the seed of episode k is fixed by (run seed, skill, k), so it does not depend on
-    which worker runs the episode, in which order, or whether the run was resumed.
+    The seed of episode k is fixed by (run seed, skill, k), so it does not depend on which worker runs the
+    episode, in which order, or whether the run was resumed.
 
     Returns:
         An integer in [0, 2**31 - 1), valid for every seeding API we call (NumPy, Gymnasium, torch).
@@ -72,7 +75,7 @@ def git_revision() -> str:
 
     The package directory (not the working directory) is asked, so an editable install reports its checkout.
     """
-    source = Path(__file__).resolve().parents[2]
+    source = Path(__file__).resolve().parents[1]
 
     def git(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=30)

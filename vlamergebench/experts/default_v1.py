@@ -83,7 +83,7 @@ def build_default_experts(
     Returns:
         The expert-set directory ``out``.
     """
-    from vlamergebench.eval.collect import CollectConfig, collect_demos
+    from vlamergebench.experts.collect import CollectConfig, collect_demos
     from vlamergebench.policies.checkpoint import CONFIG_FILE, write_expert_set
     from vlamergebench.policies.registry import make_config
     from vlamergebench.policies.train import TrainConfig, train

@@ -11,34 +11,28 @@ Protocols (DESIGN.md "Protocol"):
       continual method admits experts one at a time (its snapshots); a one-shot method re-merges each prefix
       and, since it must keep every expert it has seen to do so, its storage adds those experts' files.
 
-Resuming: merged directories are reused when they exist with the same method config and expert-set id, and
-the store skips finished episodes, so rerunning a killed command continues it.
+Resuming: merged directories are reused when they exist with the same method config, method code version
+(:func:`method_code_version`) and expert-set id, and the store skips finished episodes, so rerunning a
+killed command continues it; after the method's code changed, the store refuses to extend a run with
+episodes of the old code.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlamergebench.eval.merged import merged_policies, merged_router
-from vlamergebench.eval.runner import (
-    Contender,
-    Evaluation,
-    Phase,
-    PhaseSummary,
-    RunOptions,
-    TaskUnit,
-    run_evaluations,
-)
+from vlamergebench.configs import from_mapping
+from vlamergebench.eval.runner import PhaseSummary, run_evaluations
+from vlamergebench.eval.sources import merged_policies, merged_router
 from vlamergebench.eval.store import PROTOCOLS, ResultsStore, RunRecord, StorageRecord
-
-logger = logging.getLogger(__name__)
+from vlamergebench.eval.work import Contender, Evaluation, Phase, RunOptions, TaskUnit
 
 # The embedded default expert set ships inside the package (trained by the project's own pipeline).
 DEFAULT_EXPERTS = Path(__file__).resolve().parents[1] / "default_experts"
@@ -46,7 +40,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
-class BenchmarkConfig:
+class RunConfig:
     """Everything ``vlamergebench run`` needs; ``from_dict`` rejects unknown keys.
 
     Attributes:
@@ -66,6 +60,7 @@ class BenchmarkConfig:
             :func:`perturbed_variants`): variant labels (``camera-L3-s0``), axis names (every level and seed
             of that axis), ``L<k>`` (every axis at level k, seed 0) or ``all``; empty: none.
         progress: Show progress bars.
+        retry_errors: Also rerun stored episodes that ended in a simulator error.
         tokenizer_dir: Local directory of the tokenizer files, for presets with a file-based tokenizer.
         device: Torch device the policies run on in each worker (``cpu``, ``cuda``, ``cuda:1``).
         dtype: The policies' compute dtype (``float32``; ``bfloat16`` on a GPU).
@@ -85,18 +80,17 @@ class BenchmarkConfig:
     image_size: int | None = None
     perturbations: tuple[str, ...] = ()
     progress: bool = True
+    retry_errors: bool = False
     tokenizer_dir: str | None = None
     device: str = "cpu"
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.protocol is not None and self.protocol not in PROTOCOLS:
-            raise ValueError(
-                f"BenchmarkConfig.protocol must be one of {PROTOCOLS} or None, got {self.protocol!r}"
-            )
+            raise ValueError(f"RunConfig.protocol must be one of {PROTOCOLS} or None, got {self.protocol!r}")
         if self.episodes_per_task < 1 or self.workers < 1 or not self.seeds or not self.routing:
             raise ValueError(
-                f"BenchmarkConfig: episodes_per_task, workers >= 1 and seeds, routing non-empty: {self}"
+                f"RunConfig: episodes_per_task, workers >= 1 and seeds, routing non-empty: {self}"
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
@@ -104,17 +98,9 @@ class BenchmarkConfig:
             raise ValueError(f"--tokenizer-dir {self.tokenizer_dir}: not a directory")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> BenchmarkConfig:
+    def from_dict(cls, data: Mapping[str, Any], where: str = "RunConfig") -> RunConfig:
         """Build from a mapping; an unknown key raises naming the known ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"BenchmarkConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        values = dict(data)
-        for name in ("select", "seeds", "routing", "perturbations"):
-            if name in values:
-                values[name] = tuple(values[name])
-        return cls(**values)
+        return from_mapping(cls, data, where)
 
 
 def perturbed_variants(selection: Sequence[str]) -> list[Any]:
@@ -152,6 +138,19 @@ def _perturbed_env_id(suite: str, where: str) -> str:
     return LIBERO_PERTURBED_IDS[suite]
 
 
+def registered_env_ids() -> frozenset[str]:
+    """The ``vlamergebench/*`` ids registered with Gymnasium: the only env ids an expert set may name.
+
+    Gymnasium imports the module of a ``module:id`` id before looking it up, so an id copied from an
+    expert's ``config.json`` unchecked would let a downloaded expert set run code.
+    """
+    import gymnasium as gym
+
+    import vlamergebench.envs  # noqa: F401  (registers the ids)
+
+    return frozenset(key for key in gym.registry if key.startswith("vlamergebench/"))
+
+
 def skill_tasks(skill: Mapping[str, Any], where: str) -> list[tuple[int, str]]:
     """``(LIBERO task id, task name)`` of every task of a skill record, in order.
 
@@ -178,14 +177,21 @@ def task_units(
     ``select`` names skills or suites.
 
     With ``perturbations``, each kept skill also gets one unit per perturbed variant (after its clean unit).
+    An env id that is not one of :func:`registered_env_ids` raises, naming the expert's ``config.json``.
     """
     variants = perturbed_variants(perturbations)
+    allowed = registered_env_ids()
     units, known = [], set()
     for expert in experts.experts:
         skill = expert.config.get("skill") or {}
         missing = [key for key in ("name", "suite", "task_id", "env_id") if skill.get(key) is None]
         if missing:
             raise ValueError(f"{expert.path}/config.json: skill lacks {missing}; evaluation needs its env")
+        if skill["env_id"] not in allowed:
+            raise ValueError(
+                f"{expert.path}/config.json: skill.env_id {skill['env_id']!r} is not a registered "
+                "vlamergebench env id; expected one listed by 'vlamergebench envs'"
+            )
         known |= {skill["name"], skill["suite"]}
         if select and skill["name"] not in select and skill["suite"] not in select:
             continue
@@ -215,75 +221,49 @@ def task_units(
     return units
 
 
-def _merged(method: Any, experts: Any, directory: Path, progress: bool) -> Any:
-    """The merged model of ``experts`` in ``directory``: reused if it matches, else (re)written."""
-    from vlamergebench.merge_methods.base import MergedModel
+def method_code_version(name: str) -> str:
+    """12 hex digits of SHA-256 over the package version and the source of the method's module.
 
-    if (directory / "merged.json").is_file():
-        model = MergedModel.open(directory)
-        if _same_merge(model, method, experts):
-            return model
-        logger.info("%s holds another merge; rewriting it", directory)
-    return method.merge(experts, directory, overwrite=True, progress=progress)
+    Merged directories are named with it and every episode records it, so a fixed method is merged again
+    and its new episodes never join a run holding the old ones.
+    """
+    import hashlib
+    import importlib.util
 
+    from vlamergebench.merge_methods.registry import METHODS
+    from vlamergebench.provenance import package_versions
 
-def _kept_expert_bytes(experts: Any) -> int:
-    from vlamergebench.policies.checkpoint import ACTION_EXPERT_FILE, LORA_FILE, NORM_STATS_FILE
-
-    return sum(
-        e.file(n).stat().st_size
-        for e in experts.experts
-        for n in (LORA_FILE, ACTION_EXPERT_FILE, NORM_STATS_FILE)
-    )
+    module = importlib.util.find_spec(METHODS.spec(name).entry_point.partition(":")[0])
+    source = Path(module.origin).read_bytes() if module is not None and module.origin else b""
+    version = package_versions()["vlamergebench"].encode()
+    return hashlib.sha256(version + b"\0" + source).hexdigest()[:12]
 
 
 def models_per_step(
     method: Any, experts: Any, protocol: str, out: Path, progress: bool
 ) -> list[tuple[int, Any, int]]:
-    """``(admission step, merged model, extra stored bytes)`` for every phase of ``protocol``."""
-    from vlamergebench.merge_methods.base import prefix
+    """``(admission step, merged model, extra stored bytes)`` for every phase of ``protocol``.
 
-    name = f"{path_safe(method.name)}-{method.config.hash(method.name)}"
+    Merged directories already there from the same method, config, code version and experts are reused (a
+    resumed run).
+    """
+    from vlamergebench.merge_methods.base import merged_or_rewritten, prefix
+    from vlamergebench.merge_methods.merged import kept_expert_bytes
+
+    name = f"{path_safe(method.name)}-{method.config.hash()}-code{method_code_version(method.name)}"
     total = len(experts.experts)
     if protocol == "one_shot":
-        return [(total, _merged(method, experts, out / "merged" / name, progress), 0)]
-    steps = []
+        return [(total, merged_or_rewritten(method, experts, out / "merged" / name, progress), 0)]
     snapshots = out / "merged" / f"{name}-continual"
     if method.kind == "continual":
-        previous = None
-        for t in range(1, total + 1):
-            seen, directory = prefix(experts, t), snapshots / f"{t:02d}"
-            model = _reuse(directory, method, seen)
-            if model is None:
-                model = method.admit(seen, previous, directory, overwrite=True, progress=progress)
-            steps.append((t, model, 0))
-            previous = model
-        return steps
-    for t in range(1, total + 1):
+        models = method.admissions(experts, snapshots, reuse=True, overwrite=True, progress=progress)
+        return [(t, model, 0) for t, model in enumerate(models, start=1)]
+    steps = []
+    for t in range(1, total + 1):  # a one-shot method re-merges every prefix and keeps the experts to do so
         seen = prefix(experts, t)
-        steps.append((t, _merged(method, seen, snapshots / f"{t:02d}", progress), _kept_expert_bytes(seen)))
+        model = merged_or_rewritten(method, seen, snapshots / f"{t:02d}", progress)
+        steps.append((t, model, kept_expert_bytes(seen)))
     return steps
-
-
-def _reuse(directory: Path, method: Any, seen: Any) -> Any:
-    from vlamergebench.merge_methods.base import MergedModel
-
-    if not (directory / "merged.json").is_file():
-        return None
-    model = MergedModel.open(directory)
-    return model if _same_merge(model, method, seen) else None
-
-
-def _same_merge(model: Any, method: Any, experts: Any) -> bool:
-    """Whether ``model`` is what ``method`` would write for ``experts`` (same config, set and method code)."""
-    from vlamergebench.plugins import method_source
-
-    recorded = model.manifest.get("method_source")
-    return (
-        model.config_hash == method.config.hash(method.name)
-        and model.expert_set_id == experts.id
-        and (recorded is None or recorded == method_source(method.name))
-    )
 
 
 def storage_record(run_id: str, step: int, model: Any, kept_bytes: int) -> StorageRecord:
@@ -302,21 +282,31 @@ def storage_record(run_id: str, step: int, model: Any, kept_bytes: int) -> Stora
     )
 
 
-def run_benchmark(config: BenchmarkConfig) -> list[PhaseSummary]:
+def run_command(config: RunConfig) -> list[PhaseSummary]:
     """Merge, evaluate every phase x routing x seed with one pool of workers, store every episode.
 
     Returns:
         One summary per evaluation (run x admission step).
+
+    Raises:
+        ValueError: ``config.out`` is unwritable or held by another run (:func:`out_lock`), or an input is
+            wrong; nothing has been merged or run then.
+        FileNotFoundError: the expert set has no ``expert_set.json``.
     """
-    from vlamergebench.merge_methods.base import make_method
-    from vlamergebench.merge_methods.registry import ROUTERS
+    experts_dir = Path(config.experts) if config.experts else DEFAULT_EXPERTS
+    if not (experts_dir / "expert_set.json").is_file():  # before --out is created
+        raise FileNotFoundError(f"{experts_dir}: no expert_set.json here (pass --experts DIR)")
+    check_writable(Path(config.out))
+    with out_lock(Path(config.out)):
+        return _run_command(config)
+
+
+def _run_command(config: RunConfig) -> list[PhaseSummary]:
+    from vlamergebench.merge_methods.registry import ROUTERS, make_method
     from vlamergebench.plugins import method_metadata
     from vlamergebench.policies.checkpoint import ExpertSet
 
-    experts_dir = Path(config.experts) if config.experts else DEFAULT_EXPERTS
-    if not (experts_dir / "expert_set.json").is_file():
-        raise FileNotFoundError(f"{experts_dir}: no expert_set.json here (pass --experts DIR)")
-    experts = ExpertSet.open(experts_dir)
+    experts = ExpertSet.open(Path(config.experts) if config.experts else DEFAULT_EXPERTS)
     method = make_method(config.method, **dict(config.method_config))
     protocol = config.protocol or method.kind
     own_router = method_metadata(config.method)["router"]
@@ -331,7 +321,13 @@ def run_benchmark(config: BenchmarkConfig) -> list[PhaseSummary]:
     units = task_units(experts, config.select, image_size, config.perturbations)
     out = Path(config.out)
     models = models_per_step(method, experts, protocol, out, config.progress)
-    options = RunOptions(workers=config.workers, max_steps=config.max_steps, progress=config.progress)
+    code_version = method_code_version(config.method)
+    options = RunOptions(
+        workers=config.workers,
+        max_steps=config.max_steps,
+        progress=config.progress,
+        retry_errors=config.retry_errors,
+    )
     evaluations = []
     with ResultsStore.open(out) as store:
         for mode in config.routing:
@@ -364,13 +360,12 @@ def run_benchmark(config: BenchmarkConfig) -> list[PhaseSummary]:
                             dtype=config.dtype,
                         )
                         contender = Contender(policies, factory)
-                        evaluations.append(
-                            Evaluation(run, Phase(step, phase_units, config.episodes_per_task), contender)
-                        )
+                        phase = Phase(step, phase_units, config.episodes_per_task)
+                        evaluations.append(Evaluation(run, phase, contender, code_version))
         return run_evaluations(store, evaluations, options, label=f"{config.method} ({protocol})")
 
 
-def run_settings(config: BenchmarkConfig, image_size: int) -> dict[str, Any]:
+def run_settings(config: RunConfig, image_size: int) -> dict[str, Any]:
     """Settings that are part of a run's identity; device and dtype only where not the CPU float32 default."""
     settings: dict[str, Any] = {"max_steps": config.max_steps, "image_size": image_size}
     if (config.device, config.dtype) != ("cpu", "float32"):
@@ -381,6 +376,54 @@ def run_settings(config: BenchmarkConfig, image_size: int) -> dict[str, Any]:
 def path_safe(name: str) -> str:
     """``name`` with characters other than letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``."""
     return re.sub(r"[^\w.-]", "_", name)
+
+
+def check_writable(out: Path) -> None:
+    """Create ``out`` and write a file there: an unwritable output fails before any merge or rollout."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ValueError(f"--out {out}: cannot write there ({error.strerror or error})") from None
+
+
+LOCK_FILE = ".vlamergebench-run.lock"
+
+
+@contextmanager
+def out_lock(out: Path) -> Iterator[None]:
+    """Hold ``out`` for one run; a second run on it refuses, naming the holder, instead of racing it.
+
+    The lock is the kernel's (``flock``), so it is released whenever the holder exits, even killed.
+    """
+    import fcntl
+    import socket
+    import sys
+
+    out.mkdir(parents=True, exist_ok=True)
+    handle = (out / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(
+            f"--out {out} is in use by {holder}; wait for that run to finish or give another --out"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started} ({' '.join(sys.argv)})")
+        handle.flush()
+        yield
+    finally:
+        handle.truncate(0)
+        handle.close()
 
 
 def default_out(method: str) -> str:

@@ -14,11 +14,11 @@ import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
-from vlamergebench.policies.demos import DemoFile
-from vlamergebench.policies.scripted.libero import LiberoScriptedExpert
 
 import vlamergebench.envs  # noqa: F401  (registers the ids)
-from vlamergebench.eval.collect import CollectConfig, collect_demos, run_expert_episode
+from vlamergebench.experts.collect import CollectConfig, collect_demos, run_expert_episode
+from vlamergebench.policies.demos import DemoFile
+from vlamergebench.policies.scripted.libero import LiberoScriptedExpert
 
 SIZE = 64
 
@@ -112,7 +112,7 @@ def test_bad_config_is_rejected():
         CollectConfig(suite="libero_nope", task=0, episodes=1)
     with pytest.raises(ValueError, match="episodes must be >= 1"):
         CollectConfig(suite="libero_object", task=0, episodes=0)
-    with pytest.raises(ValueError, match="unknown keys \\['episode'\\]"):
+    with pytest.raises(ValueError, match=r"CollectConfig: unknown field\(s\) \['episode'\]"):
         CollectConfig.from_dict({"suite": "libero_object", "task": 0, "episode": 1})
     with pytest.raises(ValueError, match="has 50 init states; episodes 49..50"):
         collect_demos(
