@@ -107,7 +107,7 @@ class MergeMethod(ABC, Generic[C]):
 
     def _finish(self, work: AtomicDirectory, experts: ExpertSet, state: Mapping[str, Any]) -> MergedModel:
         """Write per-skill norm stats, ``merged.json`` and ``storage.json``, then commit the directory."""
-        from vlamergebench.merge_methods.registry import METHODS
+        from vlamergebench.plugins import method_metadata, method_source
 
         for index, expert in enumerate(experts.experts):
             source = experts.base if self.norm_stats_from_base else expert
@@ -123,7 +123,8 @@ class MergeMethod(ABC, Generic[C]):
                 "kind": self.kind,
                 "config": self.config.to_dict(),
                 "config_hash": self.config.hash(),
-                "router": METHODS.spec(self.name).metadata.get("router"),
+                "method_source": method_source(self.name),
+                "router": method_metadata(self.name)["router"],
                 "expert_set": {"id": experts.id, "name": experts.name, "path": str(experts.path.resolve())},
                 "base": {"path": str(experts.base.path.resolve()), "base_id": experts.base.base_id},
                 "skills": experts.skills,
@@ -269,8 +270,15 @@ def merged_or_rewritten(
 def _matching(directory: Path, method: MergeMethod[Any], experts: ExpertSet) -> MergedModel | None:
     if not (directory / MERGED_FILE).is_file():
         return None
+    from vlamergebench.plugins import method_source
+
     model = MergedModel.open(directory)
-    same = model.config_hash == method.config.hash() and model.expert_set_id == experts.id
+    recorded = model.manifest.get("method_source")  # the same method code: a plug-in upgraded is merged again
+    same = (
+        model.config_hash == method.config.hash()
+        and model.expert_set_id == experts.id
+        and (recorded is None or recorded == method_source(method.name))
+    )
     return model if same else None
 
 

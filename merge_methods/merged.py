@@ -269,9 +269,12 @@ class MergedModel:
     def method(self) -> Instantiates:
         """The method object rebuilt from the recorded name and config."""
         from vlamergebench.merge_methods.registry import make_method
+        from vlamergebench.plugins import recorded_method
 
         if self._method is None:
-            self._method = make_method(self.method_name, **self.config)
+            # The name comes from a file: made only if this process trusts it (vlamergebench/plugins.py).
+            name = recorded_method(self.manifest, str(self.path / MERGED_FILE))
+            self._method = make_method(name, **self.config)
         return self._method
 
     def instantiate(self, skill: str) -> SkillWeights:

@@ -7,17 +7,21 @@ instantiating needs the skill for its *weights*; every method selects per-skill 
 ``router`` (its own router, or None: run it with ``oracle`` or a named router), ``kind`` (``one_shot`` or
 ``continual``) and ``stores`` (what its merged directory holds at inference). A variant that differs only in
 defaults is a second registration with ``kwargs``, never a second file. Build a method with
-``make_method(name, **overrides)``.
+``make_method(name, **overrides)``. Installed plug-ins and ``package.module:Name`` import paths join
+these entries through ``vlamergebench/plugins.py``.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 from typing import Any
 
-from vlamergebench.registry import Registry
+from vlamergebench.registry import Registry, Spec
 
-METHODS = Registry("merge method")
-ROUTERS = Registry("router")
+# Installed packages add entries through these entry-point groups (vlamergebench/plugins.py).
+METHODS = Registry("merge method", entry_point_group="vlamergebench.merge_methods")
+ROUTERS = Registry("router", entry_point_group="vlamergebench.routers")
 
 _PACKAGE = "vlamergebench.merge_methods"
 _TA = ("Editing Models with Task Arithmetic", "2212.04089")
@@ -313,8 +317,76 @@ ROUTERS.register(
 
 
 def make_method(name: str, **overrides: Any) -> Any:
-    """Build the registered method ``name`` with config ``overrides`` laid over its registered defaults."""
-    spec = METHODS.spec(name)
-    method_class = METHODS.load(name)
+    """Build method ``name`` with config ``overrides`` laid over its registered defaults.
+
+    ``name`` is a registered name, an installed plug-in's, or an import path ``package.module:Name`` (which
+    the caller vouches for: see ``vlamergebench/plugins.py``).
+    """
+    spec = resolve_method(name)
+    method_class = load_method_class(name)
     config = method_class.config_class.from_dict({**spec.kwargs, **overrides})
     return method_class(name, config)
+
+
+# ---- out-of-tree methods: import paths (vlamergebench/plugins.py has the rest) ----------------------------
+
+IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
+class PluginError(ValueError):
+    """A plug-in method cannot be used here; the message names its import path and what to do."""
+
+
+def is_import_path(name: str) -> bool:
+    """Whether ``name`` looks like ``package.module:Name`` (rather than a registered name)."""
+    return bool(IMPORT_PATH.match(name))
+
+
+def _distribution_of(module: str) -> tuple[str | None, str | None]:
+    """(distribution, version) that installs the top-level package of ``module``, or (None, None)."""
+    top = module.split(".")[0]
+    names = importlib.metadata.packages_distributions().get(top) or []
+    if not names:
+        return None, None
+    return names[0], importlib.metadata.version(names[0])
+
+
+def register_import_path(path: str) -> Spec:
+    """Register the method class at ``path`` (``package.module:Name``) under that name; return its spec.
+
+    Call this only with a path a person gave (a command-line flag, a notebook): it makes the path importable
+    by name. Registering imports nothing; the class is imported when the method is made.
+    """
+    if not is_import_path(path):
+        raise PluginError(
+            f"--method {path!r}: expected a registered name or an import path package.module:Name"
+        )
+    if path in METHODS:
+        return METHODS.spec(path)
+    distribution, version = _distribution_of(path.partition(":")[0])
+    return METHODS.register(path, path, plugin={"distribution": distribution, "version": version})
+
+
+def resolve_method(name: str) -> Spec:
+    """The spec of a method named by the caller: a registered or installed name, or an import path."""
+    if name not in METHODS and is_import_path(name):
+        return register_import_path(name)
+    return METHODS.spec(name)
+
+
+def load_method_class(name: str) -> type:
+    """Import the class of method ``name``; a failing import raises :class:`PluginError` naming its path."""
+    spec = resolve_method(name)
+    try:
+        method_class = METHODS.load(name)
+    except ImportError as error:
+        raise PluginError(
+            f"merge method {name!r}: cannot import {spec.entry_point} ({error}); install its package or put "
+            "its module on PYTHONPATH"
+        ) from None
+    if not hasattr(method_class, "config_class"):
+        raise PluginError(
+            f"merge method {name!r}: {spec.entry_point} is not a merge method class (no config_class); "
+            "subclass OneShotMethod or ContinualMethod"
+        )
+    return method_class

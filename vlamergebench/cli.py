@@ -18,6 +18,8 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
+from vlamergebench import subcommands  # stdlib-only: what users bring (methods, eval) and shared options
+
 # Each subcommand: (one-line help, function adding its options, function running it). Handlers live below,
 # one pair per subcommand, so that adding a subcommand is adding one pair and one entry here.
 Handler = Callable[[argparse.Namespace], int]
@@ -273,18 +275,17 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_merge(parser: argparse.ArgumentParser) -> None:
     from vlamergebench.merge_methods.registry import METHODS  # stdlib-only module: --help stays cheap
 
-    parser.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS.names())}")
+    parser.epilog = (
+        "every config default is written to the output's merged.json ('vlamergebench methods' lists them)"
+    )
+    parser.add_argument(
+        "--method",
+        required=True,
+        help=f"one of: {', '.join(METHODS.names())}; or package.module:Name (a method class on the path)",
+    )
     parser.add_argument("--experts", required=True, help="expert-set directory (holding expert_set.json)")
     parser.add_argument("--out", required=True, help="merged model directory to write (atomically)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override, repeatable; VALUE is read as JSON when it parses (0.3, true, null), else as a "
-        "string; every default is written to the output's merged.json",
-    )
+    subcommands.add_override_options(parser)
     parser.add_argument(
         "--snapshots",
         default=None,
@@ -296,25 +297,19 @@ def _add_merge(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_merge(args: argparse.Namespace) -> int:
-    import json
-
     from vlamergebench.configs import ConfigError
     from vlamergebench.merge_methods.io import MergeInputError, keep_freed_memory, refuse_overlap
     from vlamergebench.merge_methods.registry import make_method
+    from vlamergebench.plugins import PluginError
     from vlamergebench.policies.checkpoint import CheckpointError, ExpertSet
 
     keep_freed_memory()  # reuse freed tensor buffers instead of re-faulting fresh pages (merge_methods/io.py)
 
-    overrides = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not (sep and key):
-            print(f"vlamergebench merge: error: --set expects KEY=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    try:
+        overrides = subcommands.method_overrides(args.method_config, args.overrides)
+    except ValueError as error:
+        print(f"vlamergebench merge: error: {error}", file=sys.stderr)
+        return 2
     try:
         method = make_method(args.method, **overrides)
         if args.snapshots is not None and method.kind != "continual":
@@ -328,7 +323,7 @@ def _run_merge(args: argparse.Namespace) -> int:
         merged = method.merge(
             experts, args.out, overwrite=args.overwrite, progress=not args.no_progress, **extra
         )
-    except (KeyError, ConfigError, CheckpointError, MergeInputError, FileExistsError) as error:
+    except (KeyError, ConfigError, CheckpointError, MergeInputError, FileExistsError, PluginError) as error:
         message = error.args[0] if isinstance(error, KeyError) else error
         print(f"vlamergebench merge: error: {message}", file=sys.stderr)
         return 2
@@ -346,15 +341,11 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--method",
         required=True,
-        help="registered merge method (ta, ties, dare, robustmerge, mergevla, carve, lora_bank, ...)",
+        help="registered merge method (ta, ties, dare, robustmerge, mergevla, carve, lora_bank, ...; "
+        "'vlamergebench methods' lists them, plug-ins included) or package.module:Name",
     )
-    parser.add_argument(
-        "--method-config",
-        default=None,
-        metavar="JSON",
-        help="overrides of the method's config, as JSON text or @file.json, e.g. "
-        "'{\"keep_fraction\": 0.2}'; unknown fields are refused",
-    )
+    subcommands.add_override_options(parser)
+    subcommands.add_runtime_options(parser)
     parser.add_argument(
         "--experts",
         default=None,
@@ -475,16 +466,14 @@ def _run_run(args: argparse.Namespace) -> int:
     from vlamergebench.eval.run import RunConfig, default_out, run_command
     from vlamergebench.eval.store import StoreError
     from vlamergebench.eval.summary import SUMMARY_FILE, write_summary
+    from vlamergebench.eval.workers import WorkerError
     from vlamergebench.leaderboards.registry import build_leaderboards
     from vlamergebench.policies.checkpoint import CheckpointError
 
     started = time.monotonic()
     out = args.out or default_out(args.method)
     try:
-        text = args.method_config or "{}"
-        overrides = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
-        if not isinstance(overrides, dict):
-            raise ValueError(f"--method-config: expected a JSON object, got {type(overrides).__name__}")
+        overrides = subcommands.method_overrides(args.method_config, args.overrides)
         config = RunConfig(
             method=args.method,
             method_config=overrides,
@@ -505,17 +494,22 @@ def _run_run(args: argparse.Namespace) -> int:
             ray_address=args.ray_address,
             batch_envs=args.batch_envs,
             retry_errors=args.retry_errors,
+            tokenizer_dir=args.tokenizer_dir,
+            device=args.device,
+            dtype=args.dtype,
         )
         summaries = run_command(config)
         build_leaderboards([out], Path(out) / "leaderboard")
         summary = write_summary(out, Path(out) / SUMMARY_FILE)
-    except (CheckpointError, StoreError, ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+    except (
+        CheckpointError, StoreError, ValueError, KeyError, FileNotFoundError, FileExistsError, WorkerError
+    ) as error:  # fmt: skip
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"vlamergebench run: error: {message}", file=sys.stderr)
         return 1
     ran = sum(summary.ran for summary in summaries)
     episodes = sum(summary.episodes for summary in summaries)
-    _print_leaderboard(str(Path(out) / "leaderboard"))
+    subcommands.print_leaderboard(str(Path(out) / "leaderboard"))
     _print_run_summary(json.loads(summary.read_text()))
     elapsed_s = time.monotonic() - started
     print(f"{episodes} episodes ({ran} run now, {episodes - ran} resumed) in {elapsed_s:.0f} s")
@@ -622,20 +616,11 @@ def _run_leaderboard(args: argparse.Namespace) -> int:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"vlamergebench leaderboard: error: {message}", file=sys.stderr)
         return 1
-    _print_leaderboard(args.out)
+    subcommands.print_leaderboard(args.out)
     print()
     for name, paths in written.items():
         print(f"{name}: " + ", ".join(str(path) for path in paths))
     return 0
-
-
-def _print_leaderboard(board: str) -> None:
-    """Print the headline table of each board whose Markdown file is in the directory ``board``."""
-    from vlamergebench.leaderboards.registry import headline_tables
-
-    text = headline_tables(board)
-    if text:
-        print(text)
 
 
 # --- build-default-experts ------------------------------------------------------------------------------
@@ -718,6 +703,21 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Han
         _add_run,
         _run_run,
     ),
+    "methods": (
+        "list merge methods (built-in and installed plug-ins): kind, paper, router, config defaults",
+        subcommands.add_methods,
+        subcommands.run_methods,
+    ),
+    "eval": (
+        "evaluate without merging: a merged directory, one checkpoint, or your own policy factory",
+        subcommands.add_eval,
+        subcommands.run_eval,
+    ),
+    "import-experts": (
+        "write an expert set from PEFT adapters or released MergeVLA / VLA-Adapter expert directories",
+        subcommands.add_import_experts,
+        subcommands.run_import_experts,
+    ),
     "build-default-experts": (
         "rebuild the embedded default expert set (scripted demos, base, experts, acceptance checks)",
         _add_build_default_experts,
@@ -738,7 +738,10 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Han
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (used by ``main`` and by tests that check ``--help``)."""
+    from vlamergebench import __version__
+
     parser = argparse.ArgumentParser(prog="vlamergebench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"vlamergebench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (help_text, add_options, run) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)

@@ -6,6 +6,13 @@ therefore imports nothing, and ``import vlamergebench`` stays cheap. Environment
 registry; everything else uses this module, which depends on the standard library only so that any room
 may import it.
 
+Plug-ins: a registry made with ``entry_point_group`` also lists the entry points installed packages declare
+in that group (``[project.entry-points."vlamergebench.merge_methods"]`` in their ``pyproject.toml``). They
+are read from the installed distributions' metadata when the registry is first asked for its names, and
+again whenever it is asked for a name it does not hold (a package installed meanwhile), without importing
+the plug-in; a name already registered here is kept and the plug-in's
+skipped with a warning. A plug-in's spec records its distribution and version (``metadata["plugin"]``).
+
 Example:
     >>> METHODS = Registry("merge method")
     >>> METHODS.register("ta", "vlamergebench.merge_methods.task_arithmetic:TaskArithmetic", paper="x")
@@ -16,10 +23,14 @@ Example:
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,10 +62,45 @@ class Spec:
 class Registry:
     """A named collection of :class:`Spec` entries with lazy construction."""
 
-    def __init__(self, kind: str) -> None:
-        """Create an empty registry; ``kind`` names the entries in error messages (e.g. "merge method")."""
+    def __init__(self, kind: str, entry_point_group: str | None = None) -> None:
+        """Create an empty registry; ``kind`` names the entries in error messages (e.g. "merge method").
+
+        ``entry_point_group`` (e.g. ``"vlamergebench.merge_methods"``) adds installed plug-ins, found lazily.
+        """
         self.kind = kind
+        self.entry_point_group = entry_point_group
         self._specs: dict[str, Spec] = {}
+        self._discovered = False
+
+    def _discover(self, again: bool = False) -> None:
+        """Register the group's installed entry points (reads metadata only; imports nothing).
+
+        Runs once, or again with ``again`` (a name was missing: a plug-in may have been installed since).
+        """
+        if self.entry_point_group is None or (self._discovered and not again):
+            return
+        self._discovered = True
+        for point in importlib.metadata.entry_points(group=str(self.entry_point_group)):
+            distribution = point.dist.name if point.dist is not None else None
+            version = point.dist.version if point.dist is not None else None
+            known = self._specs.get(point.name)
+            if known is not None and known.entry_point == point.value:
+                continue  # found by an earlier scan
+            if known is not None:
+                logger.warning(
+                    "%s %r of plug-in %s is skipped: the name is already registered (%s)",
+                    self.kind,
+                    point.name,
+                    distribution,
+                    self._specs[point.name].entry_point,
+                )
+                continue
+            try:
+                self.register(
+                    point.name, point.value, plugin={"distribution": distribution, "version": version}
+                )
+            except ValueError as error:  # a malformed entry point: skip it, say why
+                logger.warning("plug-in %s: %s", distribution, error)
 
     def register(
         self, name: str, entry_point: str, *, kwargs: Mapping[str, Any] | None = None, **metadata: Any
@@ -68,6 +114,8 @@ class Registry:
 
     def spec(self, name: str) -> Spec:
         """Return the spec of ``name``; an unknown name raises ``KeyError`` listing the known ones."""
+        if name not in self._specs:
+            self._discover(again=True)
         try:
             return self._specs[name]
         except KeyError:
@@ -75,7 +123,8 @@ class Registry:
             raise KeyError(f"unknown {self.kind} {name!r}; registered: {known}") from None
 
     def names(self) -> list[str]:
-        """All registered names, in registration order."""
+        """All registered names, in registration order (installed plug-ins last)."""
+        self._discover()
         return list(self._specs)
 
     def load(self, name: str) -> Any:
@@ -95,10 +144,14 @@ class Registry:
         return self.load(name)(**{**spec.kwargs, **overrides})
 
     def __contains__(self, name: object) -> bool:
+        if name not in self._specs:
+            self._discover(again=True)
         return name in self._specs
 
     def __iter__(self) -> Iterator[Spec]:
-        return iter(self._specs.values())
+        self._discover()
+        return iter(list(self._specs.values()))
 
     def __len__(self) -> int:
+        self._discover()
         return len(self._specs)

@@ -20,6 +20,7 @@ episodes of the old code.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from vlamergebench.eval.work import Contender, Evaluation, Phase, RunOptions, Ta
 
 # The embedded default expert set ships inside the package (trained by the project's own pipeline).
 DEFAULT_EXPERTS = Path(__file__).resolve().parents[1] / "default_experts"
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ class RunConfig:
         ray_address: The Ray cluster to join; None: ``RAY_ADDRESS``, else a local one.
         batch_envs: Simulators each worker steps side by side, one policy query per chunk for all of them.
         retry_errors: Also rerun stored episodes that ended in a simulator error.
+        tokenizer_dir: Local directory of the tokenizer files, for presets with a file-based tokenizer.
+        device: Torch device the policies run on in each worker (``cpu``, ``cuda``, ``cuda:1``).
+        dtype: The policies' compute dtype (``float32``; ``bfloat16`` on a GPU).
     """
 
     method: str
@@ -85,6 +90,9 @@ class RunConfig:
     ray_address: str | None = None
     batch_envs: int = 1
     retry_errors: bool = False
+    tokenizer_dir: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.protocol is not None and self.protocol not in PROTOCOLS:
@@ -99,6 +107,10 @@ class RunConfig:
             raise ValueError(f"--batch-envs must be >= 1, got {self.batch_envs}")
         if self.executor not in EXECUTORS:
             raise ValueError(f"--executor {self.executor!r}: expected one of {', '.join(EXECUTORS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.tokenizer_dir is not None and not Path(self.tokenizer_dir).is_dir():
+            raise ValueError(f"--tokenizer-dir {self.tokenizer_dir}: not a directory")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "RunConfig") -> RunConfig:
@@ -253,7 +265,7 @@ def models_per_step(
     from vlamergebench.merge_methods.base import merged_or_rewritten, prefix
     from vlamergebench.merge_methods.merged import kept_expert_bytes
 
-    name = f"{method.name}-{method.config.hash()}-code{method_code_version(method.name)}"
+    name = f"{path_safe(method.name)}-{method.config.hash()}-code{method_code_version(method.name)}"
     total = len(experts.experts)
     if protocol == "one_shot":
         return [(total, merged_or_rewritten(method, experts, out / "merged" / name, progress), 0)]
@@ -305,13 +317,14 @@ def run_command(config: RunConfig) -> list[PhaseSummary]:
 
 
 def _run_command(config: RunConfig) -> list[PhaseSummary]:
-    from vlamergebench.merge_methods.registry import METHODS, ROUTERS, make_method
+    from vlamergebench.merge_methods.registry import ROUTERS, make_method
+    from vlamergebench.plugins import method_metadata
     from vlamergebench.policies.checkpoint import ExpertSet
 
     experts = ExpertSet.open(Path(config.experts) if config.experts else DEFAULT_EXPERTS)
     method = make_method(config.method, **dict(config.method_config))
     protocol = config.protocol or method.kind
-    own_router = METHODS.spec(config.method).metadata.get("router")
+    own_router = method_metadata(config.method)["router"]
     for mode in config.routing:
         if mode == "method" and own_router is None:
             raise ValueError(
@@ -348,18 +361,40 @@ def _run_command(config: RunConfig) -> list[PhaseSummary]:
                     routing_mode=mode if mode in ("oracle", "method") else "named",
                     router=router,
                     run_seed=seed,
-                    settings={"max_steps": config.max_steps, "image_size": image_size},
+                    settings=run_settings(config, image_size),
                 )
                 store.register_run(run)
                 for step, model, kept in models:
                     store.add_storage(storage_record(run.run_id, step, model, kept))
                     phase_units = tuple(u for u in units if u.skill in experts.skills[:step])
                     if phase_units:
-                        factory = None if router is None else merged_router(model.path, router)
-                        contender = Contender(merged_policies(model.path), factory)
+                        factory = None
+                        if router is not None:
+                            factory = merged_router(model.path, router, config.method, config.tokenizer_dir)
+                        policies = merged_policies(
+                            model.path,
+                            config.method,
+                            tokenizer_dir=config.tokenizer_dir,
+                            device=config.device,
+                            dtype=config.dtype,
+                        )
+                        contender = Contender(policies, factory)
                         phase = Phase(step, phase_units, config.episodes_per_task)
                         evaluations.append(Evaluation(run, phase, contender, code_version))
         return run_evaluations(store, evaluations, options, label=f"{config.method} ({protocol})")
+
+
+def run_settings(config: RunConfig, image_size: int) -> dict[str, Any]:
+    """Settings that are part of a run's identity; device and dtype only where not the CPU float32 default."""
+    settings: dict[str, Any] = {"max_steps": config.max_steps, "image_size": image_size}
+    if (config.device, config.dtype) != ("cpu", "float32"):
+        settings.update(device=config.device, dtype=config.dtype)
+    return settings
+
+
+def path_safe(name: str) -> str:
+    """``name`` with characters other than letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``."""
+    return re.sub(r"[^\w.-]", "_", name)
 
 
 def check_writable(out: Path) -> None:
@@ -411,5 +446,5 @@ def out_lock(out: Path) -> Iterator[None]:
 
 
 def default_out(method: str) -> str:
-    """``runs/<method>``: the output directory when none is given."""
-    return os.path.join("runs", method)
+    """``runs/<method>``: the output directory when none is given (an import path's ``:`` becomes ``_``)."""
+    return os.path.join("runs", path_safe(method))

@@ -23,16 +23,30 @@ class MergedPolicies:
         merged_dir: A merged model directory (``merge_methods.base.MergedModel``).
         cache_size: Policies kept built at once; the reference preset is large, so only a few are.
         tokenizer_dir: Passed to ``VLAPolicy.from_state_dict`` for presets with a file-based tokenizer.
+        trusted_method: The method the caller named (``--method``): a merged model recording an import path
+            is read only if it is this one (``vlamergebench/plugins.py``).
+        device: Torch device of the policies (``cpu``, ``cuda``, ``cuda:1``).
+        dtype: Their compute dtype (``float32``, ``bfloat16``, ``float16``).
     """
 
     def __init__(
-        self, merged_dir: str | os.PathLike[str], cache_size: int = 2, tokenizer_dir: str | None = None
+        self,
+        merged_dir: str | os.PathLike[str],
+        cache_size: int = 2,
+        tokenizer_dir: str | None = None,
+        trusted_method: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
     ):
         from vlamergebench.merge_methods.merged import MergedModel
+        from vlamergebench.plugins import trust_method
 
+        trust_method(trusted_method)
         self.model = MergedModel.open(merged_dir)
+        self.model.method  # noqa: B018  (fails here, naming the method, rather than mid-episode)
         self.cache_size = cache_size
         self.tokenizer_dir = tokenizer_dir
+        self.device, self.dtype = device, dtype
         self._cache: OrderedDict[str, Policy] = OrderedDict()
 
     @property
@@ -45,6 +59,8 @@ class MergedPolicies:
         if skill in self._cache:
             self._cache.move_to_end(skill)
             return self._cache[skill]
+        import torch
+
         from vlamergebench.policies.config import VLAConfig
         from vlamergebench.policies.policy import VLAPolicy
 
@@ -54,6 +70,8 @@ class MergedPolicies:
             weights.tensors,
             weights.norm_stats,
             tokenizer_dir=self.tokenizer_dir,
+            dtype=getattr(torch, self.dtype),
+            device=self.device,
             source=f"{self.model.path} skill {skill!r}",
         )
         policy.model.eval()
@@ -63,17 +81,42 @@ class MergedPolicies:
         return policy
 
 
-def _load_router(merged_dir: str, name: str | None) -> Any:
+def _load_router(
+    merged_dir: str, name: str | None, trusted_method: str | None = None, tokenizer_dir: str | None = None
+) -> Any:
     from vlamergebench.merge_methods.merged import MergedModel
+    from vlamergebench.plugins import trust_method
 
-    return MergedModel.open(merged_dir).router(name)
+    trust_method(trusted_method)
+    model = MergedModel.open(merged_dir)
+    model.method  # noqa: B018  (a router instantiates skills: check the method first)
+    return model.router(name, **({} if tokenizer_dir is None else {"tokenizer_dir": tokenizer_dir}))
 
 
-def merged_policies(merged_dir: str | os.PathLike[str]) -> PolicySourceFactory:
-    """A picklable factory of :class:`MergedPolicies` for ``merged_dir``."""
-    return functools.partial(MergedPolicies, str(merged_dir))
+def merged_policies(
+    merged_dir: str | os.PathLike[str],
+    trusted_method: str | None = None,
+    *,
+    tokenizer_dir: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> PolicySourceFactory:
+    """A picklable factory of :class:`MergedPolicies` for ``merged_dir`` (arguments as that class's)."""
+    return functools.partial(
+        MergedPolicies,
+        str(merged_dir),
+        tokenizer_dir=tokenizer_dir,
+        trusted_method=trusted_method,
+        device=device,
+        dtype=dtype,
+    )
 
 
-def merged_router(merged_dir: str | os.PathLike[str], name: str | None) -> RouterFactory:
+def merged_router(
+    merged_dir: str | os.PathLike[str],
+    name: str | None,
+    trusted_method: str | None = None,
+    tokenizer_dir: str | None = None,
+) -> RouterFactory:
     """A picklable factory of router ``name`` (None: the method's own) over the merged model's skills."""
-    return functools.partial(_load_router, str(merged_dir), name)
+    return functools.partial(_load_router, str(merged_dir), name, trusted_method, tokenizer_dir)

@@ -1,0 +1,172 @@
+"""Importers: a real PEFT adapter (written by ``PeftModel.save_pretrained``) and a released MergeVLA /
+VLA-Adapter directory (upstream key names, reduced width), round-tripped to the same tensors and merged."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+
+from tinyexperts import SKILLS, STATS  # noqa: E402
+
+from vlamergebench.cli import main  # noqa: E402
+from vlamergebench.experts.importers import import_peft_adapter, read_peft_adapter  # noqa: E402
+from vlamergebench.policies.checkpoint import CheckpointError, ExpertSet  # noqa: E402
+from vlamergebench.policies.io import load_model, save_base  # noqa: E402
+from vlamergebench.policies.lora import base_namespace, lora_targets  # noqa: E402
+from vlamergebench.policies.model import build_model  # noqa: E402
+from vlamergebench.policies.registry import make_config  # noqa: E402
+
+RANK, ALPHA = 4, 8.0
+
+
+def _upstream(name: str) -> str:
+    """Our module/tensor name as the released HF VLA spells it (written out independently of the reader)."""
+    for ours, theirs in (
+        ("vision.featurizer.", "vision_backbone.featurizer."),
+        ("vision.fused_featurizer.", "vision_backbone.fused_featurizer."),
+        ("llm.", "language_model.model."),
+    ):
+        if name.startswith(ours):
+            return theirs + name[len(ours) :]
+    return name
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny base, and a PEFT LoRA model on it with random factors and a changed head."""
+    from peft import LoraConfig, get_peft_model
+
+    root = tmp_path_factory.mktemp("import")
+    config = make_config("tiny")
+    base = save_base(build_model(config, seed=0).eval(), root / "base", norm_stats=STATS, instructions=["b"],
+                     provenance={})  # fmt: skip
+    model, _ = load_model(base.path)
+    targets = lora_targets(model, config.lora)
+    lora = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=targets, init_lora_weights="gaussian")
+    peft_model = get_peft_model(model, lora)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or ".action_head." in name:
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    adapter = root / "adapter"
+    peft_model.save_pretrained(str(adapter))
+    factors = {
+        name.removeprefix("base_model.model.").replace(".default", ""): param.detach().clone()
+        for name, param in peft_model.named_parameters()
+        if "lora_" in name
+    }
+    folded = base_namespace(peft_model.merge_and_unload().state_dict())
+    return {
+        "root": root,
+        "base": base,
+        "adapter": adapter,
+        "factors": factors,
+        "folded": folded,
+        "targets": targets,
+    }
+
+
+def test_peft_adapter_round_trips_to_the_same_factors_and_weights(trained, tmp_path):
+    saved = load_file(str(trained["adapter"] / "adapter_model.safetensors"))
+    assert all(name.startswith("base_model.model.") for name in saved)  # peft's own key names
+    expert = import_peft_adapter(trained["adapter"], trained["base"], tmp_path / "object_0", skill=SKILLS[0],
+                                 instructions=["pick"])  # fmt: skip
+    stored = load_file(str(expert.file("lora.safetensors")))
+    assert len(stored) == 2 * len(trained["targets"])
+    for name, tensor in trained["factors"].items():  # "<module>.lora_A.weight" in peft's naming
+        module, _, factor = name.removesuffix(".weight").rpartition(".")
+        assert torch.equal(stored[f"{module}.{factor}"], tensor), name
+    assert (expert.config["lora"]["rank"], expert.config["lora"]["alpha"]) == (RANK, ALPHA)
+    model, _ = load_model(expert.path, trained["base"].path, fold=True)
+    ours = base_namespace(model.state_dict())
+    for name in trained["targets"]:
+        torch.testing.assert_close(ours[name + ".weight"], trained["folded"][name + ".weight"])
+    head = load_file(str(expert.file("action_expert.safetensors")))
+    base_head = load_file(str(trained["base"].file("action_expert.safetensors")))
+    assert all(torch.equal(head[name], base_head[name]) for name in head)  # a PEFT adapter has no head
+
+
+def test_peft_options_that_change_the_update_rule_are_refused(trained, tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    config = json.loads((trained["adapter"] / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "use_rslora": True}))
+    with pytest.raises(CheckpointError, match=r"use_rslora is set \(rsLoRA scaling"):
+        read_peft_adapter(adapter)
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    save_file({"base_model.model.llm.embed_tokens.lora_embedding_A": torch.zeros(4, 8)},
+              str(adapter / "adapter_model.safetensors"))  # fmt: skip
+    with pytest.raises(CheckpointError, match="is not base_model.model.<module>.lora_A/B.weight"):
+        read_peft_adapter(adapter)
+
+
+def _write_release(trained, release: Path) -> None:
+    """A released expert directory in upstream's layout: dense VLM, .pt head files, stats, lora_adapter/."""
+    release.mkdir()
+    folded = trained["folded"]
+    vlm = {
+        _upstream(k): v.contiguous()
+        for k, v in folded.items()
+        if not k.startswith(("action_head.", "proprio_"))
+    }
+    save_file(vlm, str(release / "model.safetensors"))
+    head = {"module.model." + k[len("action_head."):].replace("blocks.", "mlp_resnet_blocks."): v
+            for k, v in folded.items() if k.startswith("action_head.")}  # fmt: skip
+    torch.save(head, release / "action_head--150000_checkpoint.pt")
+    proprio = {
+        "module." + k[len("proprio_projector.") :]: v for k, v in folded.items() if k.startswith("proprio_")
+    }
+    torch.save(proprio, release / "proprio_projector--150000_checkpoint.pt")
+    stats = {"libero_object_no_noops": STATS.to_dict(), "libero_goal_no_noops": STATS.to_dict()}
+    (release / "dataset_statistics.json").write_text(json.dumps(stats))
+    adapter = release / "lora_adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text((trained["adapter"] / "adapter_config.json").read_text())
+    tensors = load_file(str(trained["adapter"] / "adapter_model.safetensors"))
+    renamed = {
+        "base_model.model." + _upstream(k.removeprefix("base_model.model.")): v for k, v in tensors.items()
+    }
+    save_file(renamed, str(adapter / "adapter_model.safetensors"))
+
+
+def test_released_layouts_import_through_the_cli_and_merge(trained, tmp_path, capsys):
+    _write_release(trained, tmp_path / "release_object")
+    spec = {
+        "name": "imported",
+        "experts": [
+            {"released": "release_object", "unnorm_key": "libero_object_no_noops", "skill": SKILLS[0]},
+            {"peft": str(trained["adapter"]), "skill": SKILLS[1], "instructions": ["put the bowl"]},
+        ],
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    out = tmp_path / "set"
+    command = ["import-experts", "--base", str(trained["base"].path), "--spec", str(tmp_path / "spec.json"),
+               "--out", str(out)]  # fmt: skip
+    assert main(command) == 0, capsys.readouterr().err
+    experts = ExpertSet.open(out)
+    assert experts.skills == ["object_0", "spatial_0"]
+    released = load_file(str(experts.experts[0].file("action_expert.safetensors")))
+    for name, tensor in trained["folded"].items():
+        if name.startswith(("action_head.", "action_queries.", "proprio_projector.")):
+            assert torch.equal(released[name], tensor), name
+    assert experts.experts[0].norm_stats() == STATS
+    assert main(["merge", "--method", "ta", "--experts", str(out), "--out", str(tmp_path / "ta"),
+                 "--no-progress"]) == 0  # fmt: skip
+
+    wrong_base = save_base(build_model(make_config("tiny"), seed=1).eval(), tmp_path / "other_base",
+                           norm_stats=STATS, instructions=["b"], provenance={})  # fmt: skip
+    spec["experts"] = spec["experts"][:1]
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    assert main([*command[:2], str(wrong_base.path), *command[3:-1], str(tmp_path / "set2")]) == 1
+    assert (
+        "is " + str(wrong_base.path) + " the base these experts were trained on?" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "set2" / "expert_set.json").exists()
