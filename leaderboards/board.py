@@ -40,7 +40,8 @@ class Board:
         title: Heading of the Markdown file and of the page section.
         compute: Results -> machine-readable frames.
         display: Frames -> human-readable sections (heading -> table); the first is the headline table.
-        figure: Frames -> the board's figure, or None when there is nothing to draw.
+        figure: Frames -> the board's figure, or None when there is nothing to draw (no callable: tables
+            only).
         figure_file: The PNG's file name.
         notes: Paragraphs under the Markdown title.
         page_note: The one-line note under the page section's heading.
@@ -52,12 +53,16 @@ class Board:
     title: str
     compute: Callable[[Results], Frames]
     display: Callable[[Frames], dict[str, pd.DataFrame]]
-    figure: Callable[[Frames], Figure | None]
-    figure_file: str
+    figure: Callable[[Frames], Figure | None] | None = None
+    figure_file: str = ""
     notes: Sequence[str] = ()
     page_note: str = ""
     empty_notes: Callable[[Frames], Sequence[str]] = field(default=lambda frames: ())
     latex: Callable[[Frames], str | None] | None = None
+
+    def plot(self, frames: Frames) -> Figure | None:
+        """The board's figure, or None for a board of tables only."""
+        return self.figure(frames) if self.figure is not None else None
 
     @property
     def markdown_file(self) -> str:
@@ -79,7 +84,7 @@ class Board:
         if text is not None:
             (out_dir / f"{self.name}.tex").write_text(text, encoding="utf-8")
             written.append(out_dir / f"{self.name}.tex")
-        fig = self.figure(frames)
+        fig = self.plot(frames)
         if fig is not None:
             written.append(tb.save_png(fig, out_dir / self.figure_file))
             written.append(tb.save_vector(fig, (out_dir / self.figure_file).with_suffix(".svg")))

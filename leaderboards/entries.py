@@ -18,7 +18,6 @@ from vlamergebench.leaderboards.board import Board
 
 if TYPE_CHECKING:
     import pandas as pd
-    from matplotlib.figure import Figure
 
     from vlamergebench.eval.results import Results
 
@@ -100,18 +99,11 @@ def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     }
 
 
-def figure(frames: dict[str, pd.DataFrame]) -> Figure | None:
-    """No figure: this board is tables only."""
-    return None
-
-
 BOARD = Board(
     name="entries",
     title=TITLE,
     compute=compute,
     display=display,
-    figure=figure,
-    figure_file="",
     notes=[
         "Only the settings that change the ranked number decide comparability: the expert set, the tasks, "
         "the episodes per task, the init states, the step cap and the image size. Perturbed variants, seeds "

@@ -156,7 +156,7 @@ def build(results: Results, out_dir: Path) -> list[Path]:
     for board in boards():
         frames = board.compute(results)
         sections.append(
-            _section(board.name, board.title, board.display(frames), board.figure(frames), board.page_note)
+            _section(board.name, board.title, board.display(frames), board.plot(frames), board.page_note)
         )
         links.append(f'<a href="#{board.name}">{html.escape(board.name.capitalize())}</a>')
     body = [

@@ -18,7 +18,6 @@ from vlamergebench.leaderboards.board import Board
 
 if TYPE_CHECKING:
     import pandas as pd
-    from matplotlib.figure import Figure
 
     from vlamergebench.eval.results import Results
 
@@ -111,18 +110,11 @@ def _escape(text: str) -> str:
     return "".join(replacements.get(ch, ch) for ch in str(text))
 
 
-def figure(frames: dict[str, pd.DataFrame]) -> Figure | None:
-    """No figure: the success and storage boards draw these numbers."""
-    return None
-
-
 BOARD = Board(
     name="paper",
     title=TITLE,
     compute=compute,
     display=display,
-    figure=figure,
-    figure_file="",
     notes=[
         "Entries under the reference settings, in rank order (ties share a rank); `paper.tex` holds the "
         "same numbers as a LaTeX booktabs table."
