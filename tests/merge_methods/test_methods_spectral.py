@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from qproj import T1, T2, T3, W, full
 from safetensors.torch import load_file
 
 from vlamergebench.merge_methods import ops
@@ -21,29 +22,10 @@ from vlamergebench.merge_methods.tsv import tsv_merge
 from vlamergebench.merge_methods.wudi import wudi_loss, wudi_merge
 
 torch.set_num_threads(1)
-Q_PROJ = "llm.layers.0.self_attn.q_proj"
-W = Q_PROJ + ".weight"
-T1 = torch.tensor([[1.0, -2.0], [3.0, 0.0], [-1.0, 4.0], [0.0, 0.5]])
-T2 = torch.tensor([[-2.0, -1.0], [1.0, 0.5], [2.0, -3.0], [0.0, 1.0]])
-T3 = torch.tensor([[1.0, 1.0], [-4.0, 0.0], [0.5, 1.0], [0.0, -2.0]])
-
-
-def full(block: torch.Tensor) -> torch.Tensor:
-    return torch.cat([block, torch.zeros(4, 2)], dim=1)
 
 
 def random_lowrank(generator: torch.Generator, rows: int, cols: int, rank: int) -> LowRank:
     return LowRank(torch.randn(rows, rank, generator=generator), torch.randn(rank, cols, generator=generator))
-
-
-@pytest.fixture(scope="module")
-def three(tmp_path_factory, builders):
-    return builders.build_q_proj_set(tmp_path_factory.mktemp("three"), [T1, T2, T3])
-
-
-@pytest.fixture(scope="module")
-def two(tmp_path_factory, builders):
-    return builders.build_q_proj_set(tmp_path_factory.mktemp("two"), [T1, T2])
 
 
 def merged_delta(name, experts, tmp_path, skill="skill_0", **overrides):
