@@ -379,27 +379,3 @@ def test_twin_merging_shared_expert_and_twins(two, tmp_path):
     heads = load_file(str(two.experts[1].file("action_expert.safetensors")))
     tensors = merged.instantiate("skill_1").tensors
     assert all(torch.equal(tensors[name], tensor) for name, tensor in heads.items())  # its own action expert
-
-
-# ---- continual Task Arithmetic (CARVE's averaging baseline) ----------------------------------------------
-
-
-def test_continual_ta_is_the_running_mean(three, tmp_path):
-    from vlamergebench.merge_methods.base import prefix
-
-    method = make_method("continual_ta")
-    base = load_file(str(three.base.file("vlm.safetensors")))[W]
-    heads = [load_file(str(e.file("action_expert.safetensors"))) for e in three.experts]
-    previous = None
-    for count in (1, 2, 3):
-        previous = method.admit(prefix(three, count), previous, tmp_path / f"t{count}", progress=False)
-        mean = sum(full(t) for t in (T1, T2, T3)[:count]) / count
-        for skill in three.skills[:count]:  # every skill seen so far runs the same model
-            tensors = previous.instantiate(skill).tensors
-            torch.testing.assert_close(tensors[W], base + mean)
-            name = "action_head.fc2.weight"
-            torch.testing.assert_close(tensors[name], sum(h[name] for h in heads[:count]) / count)
-        assert previous.skills == three.skills[:count] and previous.state["admitted"] == count
-    whole = method.merge(three, tmp_path / "whole", snapshot_dir=tmp_path / "snapshots", progress=False)
-    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["01", "02", "03"]
-    torch.testing.assert_close(whole.instantiate("skill_0").tensors[W], base + full(T1 + T2 + T3) / 3)
