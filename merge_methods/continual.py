@@ -242,6 +242,8 @@ class ContinualMerge(ContinualMethod[ContinualConfig]):
         merged = model.tensor_file(DELTA_FILE)
         masks = model.tensor_file(f"{folder}/{MASK_FILE}") if self.config.masks else None
         for name in merged.names:
+            if masks is not None and name not in masks:
+                continue  # first targeted after this skill's admission: its tau there is 0, so is its mask
             weight = tensors[name]
             delta = merged.read(name).float()
             if masks is not None:

@@ -75,6 +75,25 @@ def test_continual_ta_mask_by_hand_and_its_masks_go_stale(three, tmp_path):
     assert set(third.state["mask_density"]) == {"skill_0", "skill_1", "skill_2"}
 
 
+def test_a_mask_is_zero_where_its_skill_had_no_target(tmp_path, builders):
+    from vlamergebench.policies.checkpoint import write_expert_set
+
+    def drop_q_proj(files):
+        for part in ("lora_A", "lora_B"):
+            del files["lora.safetensors"][f"llm.layers.0.self_attn.q_proj.{part}"]
+
+    base = builders.write_base(tmp_path / "base")
+    experts = [
+        builders.write_expert(tmp_path / "e0", base, "skill_0", 0, edit=drop_q_proj),  # no q_proj LoRA
+        builders.write_expert(tmp_path / "e1", base, "skill_1", 1, factors=builders.q_proj_factors(T2)),
+    ]
+    stream = write_expert_set(tmp_path, "late-target", base, experts)
+    (first, second), base_weight = admitted("continual_ta_mask", stream, tmp_path)
+    assert W not in first.tensor_file("tau_merged.safetensors")  # not a target yet
+    assert torch.equal(q_proj(second, "skill_0"), base_weight)  # skill_0's mask predates q_proj
+    assert torch.equal(q_proj(second, "skill_1"), base_weight + full(T2) / 2)  # |T2| > 0.6 |T2 / 2 - T2|
+
+
 def test_continual_masks_with_expert_heads(two, tmp_path):
     (_, second), _ = admitted("continual_ta_mask_heads", two, tmp_path)
     heads = [load_file(str(expert.file("action_expert.safetensors"))) for expert in two.experts]
