@@ -656,6 +656,7 @@ def _run_build_default_experts(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vlamergebench.eval.own_success import success_by_task
+    from vlamergebench.experts.acceptance import AcceptanceError
     from vlamergebench.experts.default_v2 import ACCEPTANCE_EPISODES, build_default_experts_v2
 
     runs = Path(args.out).with_name(Path(args.out).name + ".acceptance")
@@ -670,14 +671,18 @@ def _run_build_default_experts(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
 
-    build_default_experts_v2(
-        args.out,
-        threads=args.threads,
-        jobs=args.jobs,
-        measure_success=measure,
-        progress=not args.no_progress,
-        stop_before=args.stop_before,
-    )
+    try:
+        build_default_experts_v2(
+            args.out,
+            threads=args.threads,
+            jobs=args.jobs,
+            measure_success=measure,
+            progress=not args.no_progress,
+            stop_before=args.stop_before,
+        )
+    except AcceptanceError as error:  # a measured result, not a crash: one line, every stage kept
+        print(f"vlamergebench build-default-experts: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
