@@ -76,7 +76,7 @@ class ContinualTaskArithmetic(ContinualMethod[ContinualTaConfig]):
             work.file(MEAN_FILE), [(n, vlm.dtype(n), vlm.shape(n)) for n in names]
         ) as out:
             for name in names:
-                weight = vlm.read(name) if config.task_vectors == "dense" else None
+                weight = vlm.read(name) if view.source == "dense" else None
                 tau = TaskVectors(name, weight, [view]).stacked()[0]
                 before = (
                     earlier.read(name) if earlier is not None and name in earlier else torch.zeros_like(tau)

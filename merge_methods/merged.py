@@ -9,7 +9,8 @@ safetensors, and ``skills/<NN>/norm_stats.json`` per skill. It may reference fil
 ``storage.json`` itself (the accounting), plus the referenced base files. It is reported against the *dense
 expert bank* (per skill: the base's ``vlm.safetensors``, which has exactly the bytes of a folded expert VLM,
 plus the expert's action expert and norm stats) and the *LoRA bank* (the base's ``vlm.safetensors`` once,
-plus per skill its LoRA factors, action expert and norm stats). A one-shot method evaluated under the
+plus per skill its LoRA factors, action expert and norm stats; a dense expert counts its ``dense.safetensors``
+in place of the factors). A one-shot method evaluated under the
 continual protocol must keep every expert seen so far to re-merge: :func:`kept_expert_bytes` is that cost.
 All storage accounting lives here.
 """
@@ -29,7 +30,6 @@ import torch
 from vlamergebench.merge_methods.io import TensorFile
 from vlamergebench.policies.checkpoint import (
     ACTION_EXPERT_FILE,
-    LORA_FILE,
     NORM_STATS_FILE,
     VLM_FILE,
     CheckpointDir,
@@ -119,7 +119,7 @@ def bank_bytes(experts: ExpertSet) -> tuple[int, int]:
         expert.file(ACTION_EXPERT_FILE).stat().st_size + expert.file(NORM_STATS_FILE).stat().st_size
         for expert in experts.experts
     ]
-    lora = sum(expert.file(LORA_FILE).stat().st_size for expert in experts.experts)
+    lora = sum(expert.file(expert.task_vector_file).stat().st_size for expert in experts.experts)
     return len(per_skill) * vlm + sum(per_skill), vlm + lora + sum(per_skill)
 
 
@@ -300,7 +300,7 @@ def kept_expert_bytes(experts: ExpertSet) -> int:
     return sum(
         expert.file(name).stat().st_size
         for expert in experts.experts
-        for name in (LORA_FILE, ACTION_EXPERT_FILE, NORM_STATS_FILE)
+        for name in (expert.task_vector_file, ACTION_EXPERT_FILE, NORM_STATS_FILE)
     )
 
 
