@@ -236,20 +236,26 @@ def add_import_experts(parser: argparse.ArgumentParser) -> None:
         'SPEC is JSON: {"name": "my-set", "experts": [{"peft": "adapters/object_0", "skill": {"name": '
         '"object_0", "suite": "libero_object", "task_id": 0, "env_id": "vlamergebench/LIBERO-Object-v0"}, '
         '"instructions": ["..."]}, {"released": "MergeVLA-goal/", "unnorm_key": "libero_goal_no_noops", '
-        '"skill": {...}}]} (docs/plugins.md, "Importing experts")'
+        '"skill": {...}}, {"dense": "finetune/model.safetensors", "skill": {...}}]} '
+        '(docs/plugins.md, "Importing experts")'
     )
     parser.add_argument("--base", required=True, metavar="DIR", help="the base checkpoint the experts share")
     parser.add_argument("--spec", required=True, metavar="JSON", help="the experts to import (JSON file)")
     parser.add_argument("--out", required=True, metavar="DIR", help="expert-set directory to write")
 
 
-_SPEC_KEYS = {"peft", "released", "skill", "instructions", "unnorm_key", "action_expert"}
+_SOURCES = ("peft", "released", "dense")
+_SPEC_KEYS = {*_SOURCES, "skill", "instructions", "unnorm_key", "action_expert", "norm_stats"}
 
 
 def run_import_experts(args: argparse.Namespace) -> int:
     """Import every expert of the spec and write ``expert_set.json``."""
-    from vlamergebench.experts.importers import import_peft_adapter, import_released_expert
-    from vlamergebench.policies.checkpoint import CheckpointDir, CheckpointError, write_expert_set
+    from vlamergebench.experts.importers import (
+        import_dense_finetune,
+        import_peft_adapter,
+        import_released_expert,
+    )
+    from vlamergebench.policies.checkpoint import CheckpointDir, CheckpointError, NormStats, write_expert_set
 
     try:
         spec_path = Path(args.spec)
@@ -267,10 +273,10 @@ def run_import_experts(args: argparse.Namespace) -> int:
         for index, entry in enumerate(spec["experts"]):
             where = f"{spec_path}: experts[{index}]"
             unknown = sorted(set(entry) - _SPEC_KEYS) if isinstance(entry, dict) else ["(not an object)"]
-            kinds = [key for key in ("peft", "released") if isinstance(entry, dict) and key in entry]
+            kinds = [key for key in _SOURCES if isinstance(entry, dict) and key in entry]
             if unknown or len(kinds) != 1 or not isinstance(entry.get("skill"), dict):
                 raise ValueError(
-                    f"{where}: needs exactly one of 'peft' / 'released' and a 'skill' object; "
+                    f"{where}: needs exactly one of 'peft' / 'released' / 'dense' and a 'skill' object; "
                     f"unknown keys {unknown}"
                 )
             skill = entry["skill"]
@@ -280,19 +286,38 @@ def run_import_experts(args: argparse.Namespace) -> int:
             source = spec_path.parent / entry[kinds[0]]
             target = out / str(skill["name"])
             instructions = list(entry.get("instructions", []))
+            action_expert = entry.get("action_expert")
+            head = None if action_expert is None else spec_path.parent / action_expert
+            stats = None
+            if entry.get("norm_stats") is not None:
+                stats_path = spec_path.parent / entry["norm_stats"]
+                try:
+                    stats = NormStats.from_dict(json.loads(stats_path.read_text()), str(stats_path))
+                except (OSError, json.JSONDecodeError) as error:
+                    raise ValueError(
+                        f"{where}: norm_stats {stats_path}: not a readable JSON file ({error})"
+                    ) from None
             if kinds[0] == "peft":
-                action_expert = entry.get("action_expert")
                 expert = import_peft_adapter(
-                    source, base, target, skill=skill, instructions=instructions,
-                    action_expert=None if action_expert is None else spec_path.parent / action_expert,
+                    source, base, target, skill=skill, instructions=instructions, action_expert=head,
+                    norm_stats=stats,
+                )  # fmt: skip
+            elif kinds[0] == "dense":
+                expert = import_dense_finetune(
+                    source, base, target, skill=skill, instructions=instructions, action_expert=head,
+                    norm_stats=stats,
                 )  # fmt: skip
             else:
                 expert = import_released_expert(
                     source, base, target, skill=skill, instructions=instructions,
                     unnorm_key=entry.get("unnorm_key"),
                 )  # fmt: skip
-            rank = expert.config["lora"]["rank"]
-            print(f"{expert.path}: skill {skill['name']!r} from {source} (LoRA rank {rank})")
+            if expert.is_dense_expert:
+                changed = expert.config["provenance"]["dense_tensors"]
+                what = f"dense: {changed} VLM tensors differ from the base"
+            else:
+                what = f"LoRA rank {expert.config['lora']['rank']}"
+            print(f"{expert.path}: skill {skill['name']!r} from {source} ({what})")
             written.append(expert.path)
         experts = write_expert_set(out, str(spec.get("name") or out.name), base.path, written)
     except (CheckpointError, ValueError, FileExistsError) as error:
