@@ -90,7 +90,11 @@ def add_methods(parser: argparse.ArgumentParser) -> None:
 
 
 def describe_method(name: str) -> dict[str, Any]:
-    """One method's catalogue entry: metadata, source and config fields with their defaults."""
+    """One method's catalogue entry: metadata, source, config fields with their defaults.
+
+    ``needs_lora_factors``: the method refuses dense experts (full fine-tunes); it works on LoRA factors.
+    """
+    from vlamergebench.merge_methods.registry import make_method
     from vlamergebench.plugins import config_fields, method_metadata, method_source
 
     return {
@@ -98,6 +102,7 @@ def describe_method(name: str) -> dict[str, Any]:
         **method_metadata(name),
         "source": method_source(name),
         "config": config_fields(name),
+        "needs_lora_factors": bool(getattr(make_method(name), "needs_lora_factors", False)),
     }
 
 
@@ -124,7 +129,10 @@ def run_methods(args: argparse.Namespace) -> int:
         print(f"{entry['name']}{plugin}")
         identity = "yes" if entry["needs_task_identity"] else "no"
         router = entry["router"] or "none (oracle or a named router)"
-        print(f"    kind {entry['kind']}, needs task identity: {identity}, router: {router}")
+        experts = "LoRA only" if entry["needs_lora_factors"] else "LoRA or dense"
+        print(
+            f"    kind {entry['kind']}, needs task identity: {identity}, router: {router}, experts: {experts}"
+        )
         print(f"    paper: {paper}{arxiv}")
         fields = ", ".join(f"{field['name']}={json.dumps(field['default'])}" for field in entry["config"])
         print(f"    config: {fields or '(none)'}")

@@ -84,11 +84,13 @@ def test_methods_lists_kind_paper_router_and_config_defaults(capsys):
     assert defaults["keep_fraction"] == 0.2
     assert (methods["carve"]["kind"], methods["carve"]["router"]) == ("continual", "carve_text")
     assert methods["mergevla"]["needs_task_identity"] is True
+    assert methods["lora_bank"]["needs_lora_factors"] and not methods["ties"]["needs_lora_factors"]
     assert "instruction_lookup" in {router["name"] for router in catalogue["routers"]}
 
     assert main(["methods", "ta"]) == 0
     text = capsys.readouterr().out
     assert "kind one_shot" in text and "arXiv:2212.04089" in text and "scale=1.0" in text
+    assert "experts: LoRA or dense" in text
     assert main(["methods", "nope"]) == 2
     assert "unknown merge method 'nope'" in capsys.readouterr().err
 
