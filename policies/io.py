@@ -343,10 +343,11 @@ def read_released_vla(
     proprio_path = _one(directory, "proprio_projector--*checkpoint.pt")
     for name, value in _torch_tensors(proprio_path).items():
         tensors["proprio_projector." + name.removeprefix("module.")] = value
-    return tensors, _released_stats(directory / "dataset_statistics.json", unnorm_key)
+    return tensors, read_released_stats(directory / "dataset_statistics.json", unnorm_key)
 
 
-def _released_stats(path: Path, unnorm_key: str | None) -> NormStats:
+def read_released_stats(path: Path, unnorm_key: str | None) -> NormStats:
+    """The statistics of one dataset (``unnorm_key``; may be omitted when there is one) of a release."""
     if not path.is_file():
         raise CheckpointError(f"{path}: file is missing")
     stats = json.loads(path.read_text())

@@ -335,6 +335,61 @@ def run_import_experts(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- import-base -----------------------------------------------------------------------------------------
+def add_import_base(parser: argparse.ArgumentParser) -> None:
+    """Options of ``vlamergebench import-base``."""
+    parser.epilog = (
+        "e.g. vlamergebench import-base --released VLA-Adapter-LIBERO-Object/ --preset reference "
+        "--policy-config '{\"gripper_open_is_one\": true}' --unnorm-key libero_object_no_noops --out base/ "
+        '(docs/plugins.md, "A base from released weights")'
+    )
+    parser.add_argument(
+        "--released",
+        required=True,
+        metavar="DIR",
+        help="a released VLA-Adapter / MergeVLA directory: model.safetensors (or shards) in the HF key "
+        "layout, with action_head--* / proprio_projector--* checkpoint.pt and dataset_statistics.json for a "
+        "VLA; model.safetensors alone for a VLM (its action expert is then initialised from seeds)",
+    )
+    parser.add_argument("--preset", required=True, help="the policy preset of its architecture (reference)")
+    parser.add_argument(
+        "--policy-config",
+        metavar="JSON",
+        help="overrides of the preset's policy config, JSON text or @file.json (as 'train --preset')",
+    )
+    parser.add_argument("--unnorm-key", help="the dataset of dataset_statistics.json (when it has several)")
+    parser.add_argument(
+        "--instructions", nargs="*", default=[], help="the instructions the base was trained on"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="base checkpoint directory to write")
+
+
+def run_import_base(args: argparse.Namespace) -> int:
+    """Convert the release into a base checkpoint and print its id."""
+    from vlamergebench.experts.importers import import_released_base
+    from vlamergebench.policies.checkpoint import CheckpointError
+    from vlamergebench.policies.config import ConfigError
+    from vlamergebench.policies.registry import make_config
+
+    try:
+        text = args.policy_config or "{}"
+        try:
+            overrides = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"--policy-config {text!r}: not JSON text or @file.json ({error})") from None
+        policy = make_config(args.preset, overrides)
+        base = import_released_base(
+            args.released, args.out, policy=policy, unnorm_key=args.unnorm_key, instructions=args.instructions
+        )
+    except (CheckpointError, ConfigError, KeyError, ValueError, FileExistsError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"vlamergebench import-base: error: {message}", file=sys.stderr)
+        return 1
+    head = base.config["provenance"]["head"]
+    print(f"wrote base {base.path} (policy {policy.name!r}, head from the {head}), base_id {base.base_id}")
+    return 0
+
+
 def print_leaderboard(board: str) -> None:
     """Print the headline table of each board whose Markdown file is in the directory ``board``."""
     from vlamergebench.leaderboards.registry import headline_tables

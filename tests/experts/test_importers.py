@@ -22,10 +22,15 @@ from vlamergebench.experts.importers import (  # noqa: E402
     import_released_expert,
     read_peft_adapter,
 )
-from vlamergebench.policies.checkpoint import CheckpointError, ExpertSet  # noqa: E402
+from vlamergebench.policies.checkpoint import (  # noqa: E402
+    CheckpointDir,
+    CheckpointError,
+    ExpertSet,
+    file_sha256,
+)
 from vlamergebench.policies.io import load_model, save_base  # noqa: E402
 from vlamergebench.policies.lora import base_namespace, lora_targets  # noqa: E402
-from vlamergebench.policies.model import build_model  # noqa: E402
+from vlamergebench.policies.model import build_model, init_head  # noqa: E402
 from vlamergebench.policies.registry import make_config  # noqa: E402
 
 RANK, ALPHA = 4, 8.0
@@ -267,3 +272,45 @@ def test_a_released_expert_without_lora_adapter_imports_as_a_dense_expert(traine
     head = load_file(str(expert.file("action_expert.safetensors")))  # from the release's .pt files
     assert all(torch.equal(tensor, finetune[name]) for name, tensor in head.items())
     assert expert.norm_stats() == STATS
+
+
+def test_released_directories_become_a_base_with_the_same_tensors(trained, tmp_path, capsys):
+    weights = base_namespace(build_model(make_config("tiny"), seed=3).state_dict())
+    _write_release(trained, tmp_path / "vla", weights)  # upstream names, .pt head files, two datasets' stats
+    command = ["import-base", "--preset", "tiny", "--unnorm-key", "libero_goal_no_noops"]
+    assert main([*command, "--released", str(tmp_path / "vla"), "--out", str(tmp_path / "base")]) == 0
+    assert "head from the release" in capsys.readouterr().out
+    base = CheckpointDir.open(tmp_path / "base")
+    stored = {
+        **load_file(str(base.file("vlm.safetensors"))),
+        **load_file(str(base.file("action_expert.safetensors"))),
+    }
+    assert sorted(stored) == sorted(weights)
+    assert all(torch.equal(stored[name], tensor) for name, tensor in weights.items())
+    assert base.base_id == file_sha256(base.file("vlm.safetensors")) and base.norm_stats() == STATS
+
+    vlm_only = tmp_path / "vlm"  # a released VLM: model.safetensors alone, no action queries or head
+    vlm_only.mkdir()
+    vlm = {_upstream(k): v for k, v in weights.items() if k.startswith(("llm.", "vision.", "projector."))}
+    save_file(vlm, str(vlm_only / "model.safetensors"))
+    assert (
+        main(["import-base", "--preset", "tiny", "--released", str(vlm_only), "--out", str(tmp_path / "b2")])
+        == 0
+    )
+    seeded = build_model(make_config("tiny"), seed=0)
+    init_head(seeded, 7)
+    expected = {
+        **weights,
+        **{n: t for n, t in seeded.state_dict().items() if n.startswith(("action_", "proprio_"))},
+    }
+    model, checkpoint = load_model(tmp_path / "b2")
+    assert all(torch.equal(t, expected[n]) for n, t in base_namespace(model.state_dict()).items())
+    assert checkpoint.config["provenance"]["head_init_seed"] == 7
+    assert checkpoint.norm_stats().action_q99 == (1.0,) * 7  # no statistics released: the identity
+
+    capsys.readouterr()
+    assert main(["import-base", "--preset", "small", "--released", str(tmp_path / "vla"),
+                 "--unnorm-key", "libero_goal_no_noops", "--out", str(tmp_path / "b3")]) == 1  # fmt: skip
+    error = capsys.readouterr().err
+    assert "as policy 'small'" in error and "missing tensor(s)" in error
+    assert not (tmp_path / "b3").exists()

@@ -16,7 +16,13 @@ files are read.
   queries, ``action_head--*checkpoint.pt``, ``proprio_projector--*checkpoint.pt``, ``dataset_statistics.json``
   and the LoRA in ``lora_adapter/``): LoRA from ``lora_adapter/``, head, queries and proprio projector from
   the release, norm statistics under its ``unnorm_key``. The released dense VLM is checked against base +
-  LoRA on one target, which catches a wrong ``--base``.
+  LoRA on one target, which catches a wrong ``--base``. Without ``lora_adapter/`` the release is a dense
+  expert.
+- **Dense full fine-tune** (a whole-model safetensors file or directory, our names or the release's): a
+  *dense expert*, ``dense.safetensors`` holding the VLM tensors that differ from the base and no LoRA; its
+  task vector is ``W_ft - W_0``. Methods that work on LoRA factors refuse it (``needs_lora_factors``).
+- **Base from a release** (:func:`import_released_base`): a released VLA directory (or a VLM-only one, whose
+  action expert is then initialised from seeds) as a base checkpoint of a given policy config.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -44,11 +50,19 @@ from vlamergebench.policies.checkpoint import (
     write_checkpoint,
 )
 from vlamergebench.policies.io import (
+    has_released_head,
     read_model_directory,
+    read_released_stats,
     read_released_vla,
+    read_released_weights,
     read_tensors,
     rename_released,
+    save_base,
 )
+from vlamergebench.policies.model import build_model, init_head, load_tensors
+
+if TYPE_CHECKING:
+    from vlamergebench.policies.config import VLAConfig
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -399,3 +413,59 @@ def import_dense_finetune(
         norm_stats=norm_stats, action_expert=head, provenance=provenance,
         max_relative_change=max_relative_change,
     )  # fmt: skip
+
+
+# ---- a base from a release ----------------------------------------------------------------------------
+
+INIT_SEED, HEAD_INIT_SEED = 0, 7  # the seeds ``vlamergebench train`` uses for a new base (TrainConfig)
+
+
+def import_released_base(
+    release: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    policy: VLAConfig,
+    unnorm_key: str | None = None,
+    instructions: Sequence[str] = (),
+    init_seed: int = INIT_SEED,
+    head_init_seed: int = HEAD_INIT_SEED,
+) -> CheckpointDir:
+    """A base checkpoint (``policy``'s architecture) from a released VLA-Adapter / MergeVLA directory.
+
+    A VLA directory (``action_head--*checkpoint.pt`` present) gives every tensor and the statistics under
+    ``unnorm_key``. A VLM-only directory (``model.safetensors`` alone) gives the VLM; the action queries, head
+    and proprio projector are then initialised from ``init_seed`` / ``head_init_seed`` (recorded, so experts
+    trained on the base start from the same head) and the statistics are the identity (q01 = -1, q99 = 1).
+    Every tensor must match ``policy``'s model by name and shape; the base's dtype is the VLM's.
+    """
+    release = Path(release)
+    model = build_model(policy, seed=init_seed)
+    if has_released_head(release):
+        tensors, stats = read_released_vla(release, unnorm_key)
+        head = "release"
+    else:
+        tensors, head = read_released_weights(release), "seed"
+        init_head(model, head_init_seed)
+        initialised = {n: t for n, t in model.state_dict().items() if n.startswith(ACTION_EXPERT_PREFIXES)}
+        tensors = {**initialised, **tensors}
+        statistics = release / "dataset_statistics.json"
+        if statistics.is_file():
+            stats = read_released_stats(statistics, unnorm_key)
+        else:
+            action, proprio = policy.action_dim, policy.proprio_dim
+            stats = NormStats((-1.0,) * action, (1.0,) * action, (True,) * action, (-1.0,) * proprio,
+                              (1.0,) * proprio)  # fmt: skip
+    load_tensors(model, tensors, f"{release} as policy {policy.name!r}")
+    dtypes = sorted({str(t.dtype) for n, t in tensors.items() if n.startswith(VLM_PREFIXES)})
+    if len(dtypes) != 1:
+        raise CheckpointError(f"{release}: the VLM tensors mix dtypes {dtypes}; expected one")
+    model.to(next(t for n, t in tensors.items() if n.startswith(VLM_PREFIXES)).dtype)
+    provenance = {
+        "imported_from": "released",
+        "source": str(release.resolve()),
+        "unnorm_key": unnorm_key,
+        "head": head,
+        "init_seed": init_seed,
+        "head_init_seed": head_init_seed,
+    }
+    return save_base(model.eval(), out, norm_stats=stats, instructions=instructions, provenance=provenance)
