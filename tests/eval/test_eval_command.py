@@ -1,5 +1,5 @@
-"""`vlamergebench eval` (a checkpoint, a policy factory: no merging), `methods`, `--version`, and the one
-override syntax of `merge` and `run`, on a real tiny expert set and real LIBERO."""
+"""`vlamergebench eval` (a checkpoint, a policy factory, a LeRobot policy: no merging), `methods`,
+`--version`, and the one override syntax of `merge` and `run`, on a real tiny expert set and real LIBERO."""
 
 from __future__ import annotations
 
@@ -47,6 +47,16 @@ def test_eval_a_policy_factory_stores_ranks_and_resumes(expert_set, tmp_path, mo
     assert "| still · oracle |" in (tmp_path / "out" / "leaderboard" / "success.md").read_text()
     assert main(command) == 0
     assert "1 episodes (0 run now, 1 resumed)" in capsys.readouterr().out
+
+
+def test_eval_a_lerobot_policy_through_the_adapter(expert_set, tmp_path, capsys):
+    pytest.importorskip("libero.libero")  # the twin of a LeRobot policy: lerobot_twin.py
+    command = _eval(expert_set, tmp_path / "out", "--policy", "lerobot_twin:make", "--name", "lerobot_twin")
+    assert main(command) == 0, capsys.readouterr().err
+    with ResultsStore.open(tmp_path / "out", readonly=True) as store:
+        episodes = store.episodes_frame()
+    assert episodes["method"].tolist() == ["lerobot_twin"] and episodes["steps"].tolist() == [4]
+    assert episodes["error"].isna().all()
 
 
 def test_eval_a_single_checkpoint(expert_set, tmp_path, capsys):
