@@ -9,10 +9,11 @@ safetensors, and ``skills/<NN>/norm_stats.json`` per skill. It may reference fil
 ``storage.json`` itself (the accounting), plus the referenced base files. It is reported against the *dense
 expert bank* (per skill: the base's ``vlm.safetensors``, which has exactly the bytes of a folded expert VLM,
 plus the expert's action expert and norm stats) and the *LoRA bank* (the base's ``vlm.safetensors`` once,
-plus per skill its LoRA factors, action expert and norm stats). **Parameters** are the tensor elements in
-the same counted files (safetensors headers read, no tensor loaded): bytes depend on the dtype, parameters do
-not. A one-shot method evaluated under the continual protocol must keep every expert seen so far to re-merge:
-:func:`kept_expert_bytes` and :func:`kept_expert_parameters` are that cost. All storage accounting lives here.
+plus per skill its LoRA factors, action expert and norm stats; a dense expert counts its ``dense.safetensors``
+in place of the factors). **Parameters** are the tensor elements in the same counted files (safetensors
+headers read, no tensor loaded): bytes depend on the dtype, parameters do not. A one-shot method evaluated
+under the continual protocol must keep every expert seen so far to re-merge: :func:`kept_expert_bytes` and
+:func:`kept_expert_parameters` are that cost. All storage accounting lives here.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import torch
 from vlamergebench.merge_methods.io import TensorFile
 from vlamergebench.policies.checkpoint import (
     ACTION_EXPERT_FILE,
-    LORA_FILE,
     NORM_STATS_FILE,
     VLM_FILE,
     CheckpointDir,
@@ -128,7 +128,7 @@ def bank_bytes(experts: ExpertSet) -> tuple[int, int]:
         expert.file(ACTION_EXPERT_FILE).stat().st_size + expert.file(NORM_STATS_FILE).stat().st_size
         for expert in experts.experts
     ]
-    lora = sum(expert.file(LORA_FILE).stat().st_size for expert in experts.experts)
+    lora = sum(expert.file(expert.task_vector_file).stat().st_size for expert in experts.experts)
     return len(per_skill) * vlm + sum(per_skill), vlm + lora + sum(per_skill)
 
 
@@ -309,7 +309,7 @@ def kept_expert_bytes(experts: ExpertSet) -> int:
     return sum(
         expert.file(name).stat().st_size
         for expert in experts.experts
-        for name in (LORA_FILE, ACTION_EXPERT_FILE, NORM_STATS_FILE)
+        for name in (expert.task_vector_file, ACTION_EXPERT_FILE, NORM_STATS_FILE)
     )
 
 
@@ -318,7 +318,7 @@ def kept_expert_parameters(experts: ExpertSet) -> int:
     return sum(
         parameter_count(expert.file(name))
         for expert in experts.experts
-        for name in (LORA_FILE, ACTION_EXPERT_FILE)
+        for name in (expert.task_vector_file, ACTION_EXPERT_FILE)
     )
 
 

@@ -723,6 +723,11 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Han
         subcommands.add_import_experts,
         subcommands.run_import_experts,
     ),
+    "import-base": (
+        "write a base checkpoint from a released VLA-Adapter / MergeVLA (VLA or VLM) directory",
+        subcommands.add_import_base,
+        subcommands.run_import_base,
+    ),
     "build-default-experts": (
         "rebuild the embedded default expert set (scripted demos, base, experts, acceptance checks)",
         _add_build_default_experts,

@@ -1,5 +1,5 @@
-"""`vlamergebench eval` (a checkpoint, a policy factory: no merging), `methods`, `--version`, and the one
-override syntax of `merge` and `run`, on a real tiny expert set and real LIBERO."""
+"""`vlamergebench eval` (a checkpoint, a policy factory, a LeRobot policy: no merging), `methods`,
+`--version`, and the one override syntax of `merge` and `run`, on a real tiny expert set and real LIBERO."""
 
 from __future__ import annotations
 
@@ -49,6 +49,16 @@ def test_eval_a_policy_factory_stores_ranks_and_resumes(expert_set, tmp_path, mo
     assert "1 episodes (0 run now, 1 resumed)" in capsys.readouterr().out
 
 
+def test_eval_a_lerobot_policy_through_the_adapter(expert_set, tmp_path, capsys):
+    pytest.importorskip("libero.libero")  # the twin of a LeRobot policy: lerobot_twin.py
+    command = _eval(expert_set, tmp_path / "out", "--policy", "lerobot_twin:make", "--name", "lerobot_twin")
+    assert main(command) == 0, capsys.readouterr().err
+    with ResultsStore.open(tmp_path / "out", readonly=True) as store:
+        episodes = store.episodes_frame()
+    assert episodes["method"].tolist() == ["lerobot_twin"] and episodes["steps"].tolist() == [4]
+    assert episodes["error"].isna().all()
+
+
 def test_eval_a_single_checkpoint(expert_set, tmp_path, capsys):
     pytest.importorskip("libero.libero")
     expert = expert_set.parent / "object_0"
@@ -84,11 +94,13 @@ def test_methods_lists_kind_paper_router_and_config_defaults(capsys):
     assert defaults["keep_fraction"] == 0.2
     assert (methods["carve"]["kind"], methods["carve"]["router"]) == ("continual", "carve_text")
     assert methods["mergevla"]["needs_task_identity"] is True
+    assert methods["lora_bank"]["needs_lora_factors"] and not methods["ties"]["needs_lora_factors"]
     assert "instruction_lookup" in {router["name"] for router in catalogue["routers"]}
 
     assert main(["methods", "ta"]) == 0
     text = capsys.readouterr().out
     assert "kind one_shot" in text and "arXiv:2212.04089" in text and "scale=1.0" in text
+    assert "experts: LoRA or dense" in text
     assert main(["methods", "nope"]) == 2
     assert "unknown merge method 'nope'" in capsys.readouterr().err
 
