@@ -105,6 +105,12 @@ def test_lora_bank_storage_is_the_lora_bank_plus_its_manifest(hand_set, tmp_path
     assert storage.lora_bank_bytes == by_hand
     assert storage.fraction_of_lora_bank == pytest.approx(storage.total_bytes / by_hand)
     assert storage.by_component()["base"] == os.path.getsize(hand_set.base.file("vlm.safetensors"))
+    tensors = [load_file(str(hand_set.base.file("vlm.safetensors")))] + [
+        load_file(str(e.file(f)))
+        for e in hand_set.experts
+        for f in ("lora.safetensors", "action_expert.safetensors")
+    ]
+    assert storage.parameters == sum(t.numel() for file in tensors for t in file.values()) > 0
 
 
 def test_mergevla_masks_are_stored_packed(hand_set, tmp_path):
