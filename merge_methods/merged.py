@@ -164,6 +164,41 @@ def skill_dir(index: int) -> str:
     return f"skills/{index:02d}"
 
 
+# What a reader takes from merged.json, with the JSON types each field must have (None: null allowed).
+MANIFEST_FIELDS: dict[str, Any] = {
+    "method": str,
+    "kind": str,
+    "config": dict,
+    "config_hash": str,
+    "router": (str, type(None)),
+    "expert_set": {"id": str},
+    "base": {"path": str, "base_id": str},
+    "skills": list,
+    "instructions": dict,
+    "policy": dict,
+    "state": dict,
+}
+_JSON_NAMES = {str: "text", dict: "an object", list: "a list", type(None): "null"}
+
+
+def _check_fields(data: Mapping[str, Any], fields: Mapping[str, Any], where: str, prefix: str = "") -> None:
+    """Raise :class:`CheckpointError` naming the first of ``fields`` that ``data`` lacks or mistypes."""
+    for name, expected in fields.items():
+        field_name = f"{prefix}{name}"
+        if name not in data:
+            raise CheckpointError(f"{where}: missing field {field_name!r}")
+        if isinstance(expected, Mapping):
+            expected, nested = dict, expected
+        else:
+            nested = None
+        kinds = expected if isinstance(expected, tuple) else (expected,)
+        if not isinstance(data[name], kinds):
+            wanted = " or ".join(_JSON_NAMES[kind] for kind in kinds)
+            raise CheckpointError(f"{where}: field {field_name!r} must be {wanted}, got {data[name]!r:.80}")
+        if nested is not None:
+            _check_fields(data[name], nested, where, f"{field_name}.")
+
+
 class MergedModel:
     """A merged model directory opened for reading (see the module docstring)."""
 
@@ -177,11 +212,15 @@ class MergedModel:
             raise CheckpointError(
                 f"{manifest_path}: missing: not a (complete) merged model directory"
             ) from None
+        except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError included
+            raise CheckpointError(f"{manifest_path}: not valid JSON ({error})") from None
         if (
-            self.manifest.get("format") != MERGED_FORMAT
+            not isinstance(self.manifest, dict)
+            or self.manifest.get("format") != MERGED_FORMAT
             or self.manifest.get("format_version") != MERGED_FORMAT_VERSION
         ):
             raise CheckpointError(f"{manifest_path}: not a {MERGED_FORMAT} v{MERGED_FORMAT_VERSION} manifest")
+        _check_fields(self.manifest, MANIFEST_FIELDS, str(manifest_path))
         self.base = CheckpointDir.open(base or self.manifest["base"]["path"])
         if self.base.base_id != self.manifest["base"]["base_id"]:
             raise CheckpointError(

@@ -302,6 +302,7 @@ def _run_merge(args: argparse.Namespace) -> int:
     from vlamergebench.merge_methods.registry import make_method
     from vlamergebench.plugins import PluginError
     from vlamergebench.policies.checkpoint import CheckpointError, ExpertSet
+    from vlamergebench.registry import UnknownNameError
 
     keep_freed_memory()  # reuse freed tensor buffers instead of re-faulting fresh pages (merge_methods/io.py)
 
@@ -323,9 +324,10 @@ def _run_merge(args: argparse.Namespace) -> int:
         merged = method.merge(
             experts, args.out, overwrite=args.overwrite, progress=not args.no_progress, **extra
         )
-    except (KeyError, ConfigError, CheckpointError, MergeInputError, FileExistsError, PluginError) as error:
-        message = error.args[0] if isinstance(error, KeyError) else error
-        print(f"vlamergebench merge: error: {message}", file=sys.stderr)
+    except (
+        UnknownNameError, ConfigError, CheckpointError, MergeInputError, FileExistsError, PluginError
+    ) as error:  # fmt: skip
+        print(f"vlamergebench merge: error: {error}", file=sys.stderr)
         return 2
     storage = merged.storage
     print(f"{merged.path}: {merged.method_name}, config {merged.config_hash}, {len(merged.skills)} skills")
@@ -469,6 +471,7 @@ def _run_run(args: argparse.Namespace) -> int:
     from vlamergebench.eval.workers import WorkerError
     from vlamergebench.leaderboards.registry import build_leaderboards
     from vlamergebench.policies.checkpoint import CheckpointError
+    from vlamergebench.registry import UnknownNameError
 
     started = time.monotonic()
     out = args.out or default_out(args.method)
@@ -502,10 +505,15 @@ def _run_run(args: argparse.Namespace) -> int:
         build_leaderboards([out], Path(out) / "leaderboard")
         summary = write_summary(out, Path(out) / SUMMARY_FILE)
     except (
-        CheckpointError, StoreError, ValueError, KeyError, FileNotFoundError, FileExistsError, WorkerError
-    ) as error:  # fmt: skip
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"vlamergebench run: error: {message}", file=sys.stderr)
+        CheckpointError,
+        StoreError,
+        ValueError,
+        UnknownNameError,
+        FileNotFoundError,
+        FileExistsError,
+        WorkerError,
+    ) as error:
+        print(f"vlamergebench run: error: {error}", file=sys.stderr)
         return 1
     ran = sum(summary.ran for summary in summaries)
     episodes = sum(summary.episodes for summary in summaries)
@@ -603,6 +611,7 @@ def _run_leaderboard(args: argparse.Namespace) -> int:
     from vlamergebench.eval.bundle import BundleError, write_bundle
     from vlamergebench.eval.store import StoreError
     from vlamergebench.leaderboards.registry import build_leaderboards
+    from vlamergebench.registry import UnknownNameError
 
     try:
         only = None if args.only is None else [name.strip() for name in args.only.split(",") if name.strip()]
@@ -612,9 +621,8 @@ def _run_leaderboard(args: argparse.Namespace) -> int:
                 raise ValueError(f"--export-bundle takes exactly one SOURCE store, got {len(args.sources)}")
             bundle = write_bundle(args.sources[0], args.export_bundle, args.description)
             written["bundle"] = [bundle]
-    except (StoreError, BundleError, ValueError, KeyError, FileExistsError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"vlamergebench leaderboard: error: {message}", file=sys.stderr)
+    except (StoreError, BundleError, ValueError, UnknownNameError, FileExistsError) as error:
+        print(f"vlamergebench leaderboard: error: {error}", file=sys.stderr)
         return 1
     subcommands.print_leaderboard(args.out)
     print()

@@ -110,12 +110,12 @@ def run_methods(args: argparse.Namespace) -> int:
     """Print the catalogue (``--json``: as one document)."""
     from vlamergebench.merge_methods.registry import METHODS, ROUTERS
     from vlamergebench.plugins import PluginError
+    from vlamergebench.registry import UnknownNameError
 
     try:
         entries = [describe_method(name) for name in (args.names or METHODS.names())]
-    except (KeyError, PluginError) as error:
-        message = error.args[0] if isinstance(error, KeyError) else error
-        print(f"vlamergebench methods: error: {message}", file=sys.stderr)
+    except (UnknownNameError, PluginError) as error:
+        print(f"vlamergebench methods: error: {error}", file=sys.stderr)
         return 2
     routers = [{"name": spec.name, **dict(spec.metadata)} for spec in ROUTERS]
     if args.json:
@@ -196,6 +196,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from vlamergebench.eval.workers import WorkerError
     from vlamergebench.leaderboards.registry import build_leaderboards
     from vlamergebench.policies.checkpoint import CheckpointError
+    from vlamergebench.registry import UnknownNameError
 
     started = time.monotonic()
     kind = "merged" if args.merged else "checkpoint" if args.checkpoint else "policy"
@@ -222,10 +223,15 @@ def run_eval(args: argparse.Namespace) -> int:
         summaries = evaluate(config)
         build_leaderboards([config.out], Path(config.out) / "leaderboard")
     except (
-        CheckpointError, StoreError, ValueError, KeyError, FileNotFoundError, PolicyContractError, WorkerError
-    ) as error:  # fmt: skip
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"vlamergebench eval: error: {message}", file=sys.stderr)
+        CheckpointError,
+        StoreError,
+        ValueError,
+        UnknownNameError,
+        FileNotFoundError,
+        PolicyContractError,
+        WorkerError,
+    ) as error:
+        print(f"vlamergebench eval: error: {error}", file=sys.stderr)
         return 1
     print_leaderboard(str(Path(config.out) / "leaderboard"))
     ran = sum(summary.ran for summary in summaries)

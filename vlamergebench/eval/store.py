@@ -14,7 +14,8 @@ committed one by one in WAL mode, so a killed run loses at most the episodes sti
 Reading untrusted stores (bundles from others): :meth:`ResultsStore.open` with ``readonly=True`` opens the
 file read-only, turns off ``trusted_schema`` and refuses any file whose schema (every table, index, view and
 trigger in ``sqlite_master``) differs from the one this module creates, so no view or trigger of someone
-else's making can run.
+else's making can run. It writes nothing into or beside the file: a finished store copied alone (without its
+``-wal`` file) into a read-only directory reads as it is (``_readonly_uri``).
 """
 
 from __future__ import annotations
@@ -307,6 +308,53 @@ def _switch_to_wal(db: sqlite3.Connection, deadline: float) -> None:
             delay = min(delay * 2, 0.5)
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _header(path: Path) -> bytes:
+    """The first 100 bytes of ``path`` (SQLite's database header), or fewer; empty if unreadable."""
+    try:
+        with path.open("rb") as file:
+            return file.read(100)
+    except OSError:
+        return b""
+
+
+def _copied_without_wal(path: Path) -> bool:
+    """Whether ``path`` is a WAL-mode database with no ``-wal`` file beside it.
+
+    Header bytes 18 and 19 are 2 in WAL mode. A live WAL connection keeps its ``-wal`` file; the last one to
+    close folds it into the database and removes it, so such a file is either finished or a partial copy.
+    """
+    header = _header(path)
+    return header[18:20] == b"\x02\x02" and not path.with_name(path.name + "-wal").exists()
+
+
+def _readonly_uri(path: Path) -> str:
+    """An SQLite URI that reads ``path`` without writing anything, next to it or into it.
+
+    ``mode=ro`` alone still creates ``-wal`` and ``-shm`` files beside a WAL-mode database, which fails in a
+    read-only directory (a copy on read-only media or in a colleague's folder). ``immutable=1`` promises
+    SQLite that nobody changes the file, so it takes no locks and makes no side files: true when the
+    directory is not writable, and when a WAL-mode store has no ``-wal`` file (no writer is live). A store
+    being written keeps the plain read-only open, which sees every row its writer has committed.
+    """
+    immutable = not os.access(path.parent, os.W_OK) or _copied_without_wal(path)
+    return f"{path.resolve().as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+def _unreadable(path: Path, error: sqlite3.DatabaseError, readonly: bool) -> StoreError:
+    """One line saying why SQLite could not read ``path``: not SQLite at all, or what SQLite said."""
+    header = _header(path)
+    if not header.startswith(SQLITE_HEADER):
+        found = "an empty file" if not header else f"a file starting {header[:16]!r}"
+        return StoreError(f"{path}: not an SQLite results store: {found}, expected an SQLite database")
+    wal = path.with_name(path.name + "-wal")
+    side = f"; its {wal.name} file may need a writable directory: copy both to one" if wal.exists() else ""
+    how = "read-only" if readonly else "for writing"
+    return StoreError(f"{path}: an SQLite file that SQLite cannot open {how} ({error}){side}")
+
+
 class ResultsStore:
     """A results store file; use as a context manager or call :meth:`close`."""
 
@@ -326,7 +374,7 @@ class ResultsStore:
         if readonly:
             if not path.is_file():
                 raise StoreError(f"{path}: no results store here")
-            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            db = sqlite3.connect(_readonly_uri(path), uri=True, timeout=30)
             db.execute("PRAGMA trusted_schema = OFF")
             db.execute("PRAGMA query_only = ON")
         else:
@@ -350,7 +398,13 @@ class ResultsStore:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             objects = set(db.execute("SELECT type, name, coalesce(sql, '') FROM sqlite_master"))
         except sqlite3.DatabaseError as error:
-            raise StoreError(f"{path}: not an SQLite results store ({error})") from None
+            raise _unreadable(path, error, readonly=not create) from None
+        if not objects and not create and _copied_without_wal(path):
+            raise StoreError(
+                f"{path}: holds no tables: a WAL-mode store copied without its {path.name}-wal file, which "
+                f"held its data; copy {path.name}-wal beside it, or copy the store again once the run "
+                "writing it has finished (its data is then all in this one file)"
+            )
         if not objects and create:
             # Another process may be creating the same store right now: decide under the write lock.
             db.execute("BEGIN IMMEDIATE")
