@@ -25,6 +25,17 @@ from vlamergebench import subcommands  # stdlib-only: what users bring (methods,
 Handler = Callable[[argparse.Namespace], int]
 
 
+def non_negative_int(text: str) -> int:
+    """The ``type`` of flags where 0 means none."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """The ``type`` of count and size flags: a bad value is refused at parse time, naming the flag."""
     try:
@@ -425,6 +436,15 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
         help="also rerun stored episodes that ended in a simulator error (episodes whose worker process "
         "died are always rerun)",
     )
+    parser.add_argument(
+        "--record-videos",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="save the first N episodes of every task as MP4 under OUT/videos, one frame per observation the "
+        "policy reads (no extra rendering), shown on the leaderboard page (pip install "
+        "'vlamergebench[video]'; docs/leaderboards.md); default 0",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     # --- evaluation at scale (docs/scaling.md) ---
     parser.add_argument(
@@ -497,6 +517,7 @@ def _run_run(args: argparse.Namespace) -> int:
             tokenizer_dir=args.tokenizer_dir,
             device=args.device,
             dtype=args.dtype,
+            record_videos=args.record_videos,
         )
         summaries = run_command(config)
         build_leaderboards([out], Path(out) / "leaderboard")
