@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
@@ -355,6 +356,21 @@ VIDEO_COLUMNS = (*EPISODE_KEY, "path", "frames", "fps", "width", "height", "came
                  "poster_jpeg")  # fmt: skip
 
 
+_VIDEO_PATH = re.compile(r"videos(/[A-Za-z0-9_.-]+)+\.mp4")
+
+
+def is_video_path(path: object) -> bool:
+    """Whether ``path`` is a video path as this module writes them: ``videos/.../<name>.mp4``, no ``..``.
+
+    Paths come from stores others made: anything else is refused before it is joined to a directory.
+    """
+    return (
+        isinstance(path, str)
+        and _VIDEO_PATH.fullmatch(path) is not None
+        and not {".", ".."} & set(path.split("/"))
+    )
+
+
 def _expected_schema(version: int = SCHEMA_VERSION) -> set[tuple[str, str, str]]:
     memory = sqlite3.connect(":memory:")
     try:
@@ -362,6 +378,19 @@ def _expected_schema(version: int = SCHEMA_VERSION) -> set[tuple[str, str, str]]
         for step in range(2, version + 1):
             memory.executescript(_MIGRATIONS[step])
         return set(memory.execute("SELECT type, name, coalesce(sql, '') FROM sqlite_master"))
+    finally:
+        memory.close()
+
+
+def table_columns() -> dict[str, list[tuple[str, str, bool]]]:
+    """Every table of the current schema: ``[(column, SQLite type, NOT NULL), ...]`` in column order."""
+    memory = sqlite3.connect(":memory:")
+    try:
+        memory.executescript(_SCHEMA + "".join(_MIGRATIONS[step] for step in range(2, SCHEMA_VERSION + 1)))
+        return {
+            table: [(row[1], row[2], bool(row[3])) for row in memory.execute(f"PRAGMA table_info({table})")]
+            for table in _TABLES
+        }
     finally:
         memory.close()
 
