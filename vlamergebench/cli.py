@@ -10,6 +10,7 @@ Examples:
     vlamergebench train --demos demos/libero_object_task0.hdf5 --base base/ --out experts/object0
     vlamergebench run --method carve
     vlamergebench leaderboard runs/carve --out leaderboards/default
+    vlamergebench export runs/carve --format parquet --out exports/carve
 """
 
 from __future__ import annotations
@@ -753,6 +754,11 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Han
         "build success, storage and forgetting leaderboards from results stores",
         _add_leaderboard,
         _run_leaderboard,
+    ),
+    "export": (
+        "write results as Parquet with a Hugging Face dataset card (upload with the Hub's own client)",
+        subcommands.add_export,
+        subcommands.run_export,
     ),
 }
 
