@@ -176,6 +176,13 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-steps", type=int, default=None, help="cap on steps per episode")
     parser.add_argument("--image-size", type=int, default=None, help="camera resolution in pixels")
+    parser.add_argument(
+        "--record-videos",
+        type=int,
+        default=0,
+        metavar="N",
+        help="save the first N episodes of every task as MP4 under OUT/videos (as run; default 0)",
+    )
     add_runtime_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -213,6 +220,7 @@ def run_eval(args: argparse.Namespace) -> int:
             tokenizer_dir=args.tokenizer_dir,
             device=args.device,
             dtype=args.dtype,
+            record_videos=args.record_videos,
         )
         summaries = evaluate(config)
         build_leaderboards([config.out], Path(config.out) / "leaderboard")
