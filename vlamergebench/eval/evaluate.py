@@ -29,6 +29,7 @@ from vlamergebench.eval.policy import PolicyContractError, SingleSkillSource
 from vlamergebench.eval.run import (
     DEFAULT_EXPERTS,
     DTYPES,
+    KeptExperts,
     check_writable,
     method_code_version,
     out_lock,
@@ -204,7 +205,7 @@ def _evaluate(config: EvalConfig, experts_dir: Path) -> list[PhaseSummary]:
             )
             store.register_run(run)
             if model is not None:
-                store.add_storage(storage_record(run.run_id, step, model, 0))
+                store.add_storage(storage_record(run.run_id, step, model, KeptExperts()))
             phase = Phase(step, tuple(units), config.episodes_per_task)
             evaluations.append(Evaluation(run, phase, Contender(factory), code_version))
         options = RunOptions(workers=config.workers, max_steps=config.max_steps, progress=config.progress,
