@@ -10,6 +10,7 @@ Examples:
     vlamergebench train --demos demos/libero_object_task0.hdf5 --base base/ --out experts/object0
     vlamergebench run --method carve
     vlamergebench leaderboard runs/carve --out leaderboards/default
+    vlamergebench export runs/carve --format parquet --out exports/carve
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ from vlamergebench import subcommands  # stdlib-only: what users bring (methods,
 # Each subcommand: (one-line help, function adding its options, function running it). Handlers live below,
 # one pair per subcommand, so that adding a subcommand is adding one pair and one entry here.
 Handler = Callable[[argparse.Namespace], int]
+
+
+def non_negative_int(text: str) -> int:
+    """The ``type`` of flags where 0 means none."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -427,6 +439,15 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
         help="also rerun stored episodes that ended in a simulator error (episodes whose worker process "
         "died are always rerun)",
     )
+    parser.add_argument(
+        "--record-videos",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="save the first N episodes of every task as MP4 under OUT/videos, one frame per observation the "
+        "policy reads (no extra rendering), shown on the leaderboard page (pip install "
+        "'vlamergebench[video]'; docs/leaderboards.md); default 0",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     # --- evaluation at scale (docs/scaling.md) ---
     parser.add_argument(
@@ -500,6 +521,7 @@ def _run_run(args: argparse.Namespace) -> int:
             tokenizer_dir=args.tokenizer_dir,
             device=args.device,
             dtype=args.dtype,
+            record_videos=args.record_videos,
         )
         summaries = run_command(config)
         build_leaderboards([out], Path(out) / "leaderboard")
@@ -750,6 +772,11 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Han
         "build success, storage and forgetting leaderboards from results stores",
         _add_leaderboard,
         _run_leaderboard,
+    ),
+    "export": (
+        "write results as Parquet with a Hugging Face dataset card (upload with the Hub's own client)",
+        subcommands.add_export,
+        subcommands.run_export,
     ),
 }
 

@@ -1,4 +1,7 @@
-"""Subcommands for what users bring: ``methods`` (the catalogue, plug-ins included) and ``eval``.
+"""Subcommands for what users bring and take away: ``methods``, ``eval`` and ``export``.
+
+``methods`` lists the catalogue (plug-ins included), ``eval`` evaluates without merging, ``export`` writes
+results as Parquet with a Hub dataset card.
 
 Also the one method-override syntax ``merge`` and ``run`` share (:func:`add_override_options`,
 :func:`method_overrides`). Kept apart from ``cli.py`` so that each pair (options, handler) stays short; the
@@ -181,6 +184,13 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-steps", type=int, default=None, help="cap on steps per episode")
     parser.add_argument("--image-size", type=int, default=None, help="camera resolution in pixels")
+    parser.add_argument(
+        "--record-videos",
+        type=int,
+        default=0,
+        metavar="N",
+        help="save the first N episodes of every task as MP4 under OUT/videos (as run; default 0)",
+    )
     add_runtime_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -219,6 +229,7 @@ def run_eval(args: argparse.Namespace) -> int:
             tokenizer_dir=args.tokenizer_dir,
             device=args.device,
             dtype=args.dtype,
+            record_videos=args.record_videos,
         )
         summaries = evaluate(config)
         build_leaderboards([config.out], Path(config.out) / "leaderboard")
@@ -393,6 +404,60 @@ def run_import_base(args: argparse.Namespace) -> int:
         return 1
     head = base.config["provenance"]["head"]
     print(f"wrote base {base.path} (policy {policy.name!r}, head from the {head}), base_id {base.base_id}")
+    return 0
+
+
+# --- export --------------------------------------------------------------------------------------------
+def add_export(parser: argparse.ArgumentParser) -> None:
+    """Options of ``vlamergebench export``."""
+    parser.epilog = (
+        "writes OUT/README.md (a Hugging Face dataset card), OUT/data/{episodes,runs,storage,videos}.parquet "
+        "and OUT/videos/ (the MP4 files of recorded rollouts); upload with the Hub's own client, e.g. "
+        "'hf upload OWNER/NAME OUT . --repo-type=dataset'; 'vlamergebench leaderboard OUT' reads it back"
+    )
+    parser.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="results to export: a run's output directory, a .sqlite store, a results bundle or an export",
+    )
+    parser.add_argument("--format", required=True, choices=("parquet",), help="output format (parquet)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the export directory to create (new)")
+    parser.add_argument(
+        "--license",
+        default="cc-by-4.0",
+        metavar="ID",
+        help="license of the exported data, as a Hub license id, written into the card (default cc-by-4.0)",
+    )
+    parser.add_argument(
+        "--no-videos", action="store_true", help="leave the MP4 files out (their rows and posters stay)"
+    )
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write the export and print what it holds."""
+    import shlex
+
+    from vlamergebench.eval.bundle import BundleError
+    from vlamergebench.eval.export import ExportError, export_parquet
+    from vlamergebench.eval.store import StoreError
+
+    options = ["--format", args.format, "--out", args.out, "--license", args.license]
+    command = shlex.join(
+        ["vlamergebench", "export", *args.sources, *options, *(["--no-videos"] * args.no_videos)]
+    )
+    try:
+        summary = export_parquet(
+            args.sources, args.out, command=command, license_id=args.license, copy_videos=not args.no_videos
+        )
+    except (StoreError, BundleError, ExportError, FileExistsError) as error:
+        print(f"vlamergebench export: error: {error}", file=sys.stderr)
+        return 1
+    rows = ", ".join(f"{count} {table}" for table, count in summary.rows.items())
+    print(f"exported {rows} to {summary.out}")
+    if summary.videos_copied or summary.videos_missing:
+        print(f"videos: {summary.videos_copied} MP4 files copied, {summary.videos_missing} not (poster only)")
+    print(f"dataset card: {summary.out / 'README.md'}")
     return 0
 
 

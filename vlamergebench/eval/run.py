@@ -69,6 +69,8 @@ class RunConfig:
         tokenizer_dir: Local directory of the tokenizer files, for presets with a file-based tokenizer.
         device: Torch device the policies run on in each worker (``cpu``, ``cuda``, ``cuda:1``).
         dtype: The policies' compute dtype (``float32``; ``bfloat16`` on a GPU).
+        record_videos: Save episodes ``0 .. record_videos - 1`` of every task as MP4 videos under
+            ``<out>/videos`` (:mod:`vlamergebench.eval.video`); not part of a run's identity.
     """
 
     method: str
@@ -93,6 +95,7 @@ class RunConfig:
     tokenizer_dir: str | None = None
     device: str = "cpu"
     dtype: str = "float32"
+    record_videos: int = 0
 
     def __post_init__(self) -> None:
         if self.protocol is not None and self.protocol not in PROTOCOLS:
@@ -111,6 +114,12 @@ class RunConfig:
             raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.tokenizer_dir is not None and not Path(self.tokenizer_dir).is_dir():
             raise ValueError(f"--tokenizer-dir {self.tokenizer_dir}: not a directory")
+        if self.record_videos < 0:
+            raise ValueError(f"--record-videos must be >= 0, got {self.record_videos}")
+        if self.record_videos:
+            from vlamergebench.eval.video import require_video_support
+
+            require_video_support()  # before anything is merged or run
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "RunConfig") -> RunConfig:
@@ -358,6 +367,7 @@ def _run_command(config: RunConfig) -> list[PhaseSummary]:
         shard=None if config.shard is None else Shard.parse(config.shard),
         batch_envs=config.batch_envs,
         retry_errors=config.retry_errors,
+        record_videos=config.record_videos,
     )
     evaluations = []
     with ResultsStore.open(out) as store:
