@@ -17,7 +17,8 @@ Admission of expert t (t = 1, 2, ...), per VLM target, tau_t in float32, Delta_0
     ties:  Delta_1 = lam tau_1,  Delta_t = Delta_{t-1} + lam TIES(Delta_{t-1}, tau_t)
            TIES: each input trimmed to its top k by magnitude over all targets, elect sign(sum), disjoint sum
     tsv:   Delta_1 = tau_1,      Delta_t = TSV-M((t-1)/t Delta_{t-1}, tau_t / t)
-           (TSV-M of two inputs: floor(min(m, n) / 2) triplets of each)
+           (TSV-M of two inputs: floor(min(m, n) / 2) triplets of each; a tensor that is not a matrix, which
+           only a dense expert changes, takes the running mean as under ta: it has no SVD)
     masks: S_t = 1[|tau_t| > mask_strength |Delta_t - tau_t|]            (set once, at admission t)
     skill m after T admissions: theta_m = theta_0 + Delta_T      (with masks: theta_0 + S_m * Delta_T)
     head:  head_t = head_{t-1} + (head_expert_t - head_{t-1}) / t    (the action expert has no base: averaged)
@@ -198,12 +199,12 @@ class ContinualMerge(ContinualMethod[ContinualConfig]):
         )
         kept = 0
         for name in names:
-            if config.rule == "tsv":
+            if config.rule == "tsv" and len(vlm.shape(name)) == 2:
                 factors = task_factors(view, name, weight(name))
                 new, merged = factors.dense(), continual_tsv(before(name), factors, count)
             else:
                 new = tau(name)
-                if config.rule == "ta":
+                if config.rule != "ties":  # tsv on a non-matrix: no SVD, the mean (as TSV's code)
                     merged = running_mean(before(name), new, count)
                 elif cutoffs is None:
                     merged = config.ties_scale * new
