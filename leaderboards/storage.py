@@ -1,7 +1,7 @@
 """The storage leaderboard: bytes at inference against the expert banks, and the Pareto front with success.
 
 Bytes on disk of everything needed to run every skill, as reported by the merge method and stored per run,
-in bytes, as a % of the dense expert bank and as a % of the LoRA bank (DESIGN.md "Storage"), beside the
+in bytes, as a % of the dense expert bank and as a % of the LoRA bank (docs/leaderboards.md), beside the
 entry's overall success; and the storage-vs-success Pareto front.
 
 Storage is read at each run's final admission step. Runs of one entry (seeds) must report the same bytes; if

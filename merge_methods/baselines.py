@@ -8,7 +8,7 @@
 - ``lora_bank``: the shared base plus each expert's LoRA factors, action expert and norm stats. Lossless with
   an oracle (instantiating folds ``W + (alpha / rank) B A`` exactly as ``expert_bank`` does, bit for bit), and
   ~100% of the LoRA bank: the storage baseline that CARVE's and MergeVLA's papers never show
-  (``research/merge-methods.md`` section 0, item 5).
+  (docs/merge_methods.md).
 
 Both banks need the skill at inference (an oracle or a router); none has a router of its own.
 """

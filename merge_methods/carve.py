@@ -1,8 +1,7 @@
 """CARVE (``carve``): continual admission into a sign-concordant core plus per-skill low-rank residuals.
 
 Source: the anonymous NeurIPS 2026 submission's code, ``anonymousprojectpage2/CARVE``
-(``carve/admit/merge.py``, ``docs/ALGORITHM.md``, ``configs/default.yaml``), as read in
-``research/merge-methods.md`` section 4 (no arXiv id).
+(``carve/admit/merge.py``, ``docs/ALGORITHM.md``, ``configs/default.yaml``); no arXiv id.
 
 Admission of expert t (t = 1, 2, ...), per tensor k that any expert may change (LoRA targets and the action
 expert, whose task vector is taken against the base's own action expert), in float32::

@@ -2,8 +2,7 @@
 
 Paper: Fu et al., "MergeVLA: Cross-Skill Model Merging Toward a Generalist Vision-Language-Action Agent", CVPR
 2026, arXiv:2511.18810. Code: ``MergeVLA/MergeVLA`` (``model_merging/mergy.py``, the bundled FusionBench
-``method/tall_mask/*``, ``prismatic/models/moe_model.py``), as read in ``research/merge-methods.md`` section
-3.
+``method/tall_mask/*``, ``prismatic/models/moe_model.py``).
 
 VLM (LoRA targets; tau_t in float32)::
 

@@ -4,7 +4,7 @@ gym-aloha's own scripted policies (in its repository, ACT's design) steer mocap 
 end-effector simulation. Ours act directly in the joint-controlled env, so a demonstration's actions are the
 env's 14-D joint targets ``[left 6 joints, left gripper, right 6 joints, right gripper]`` (grippers
 0 closed .. 1 open). The expert reads the MuJoCo ``model``/``data`` it is handed (``model, data =
-env.unwrapped.sim``) and never imports ``vlamergebench.envs`` (rooms and arrows, DESIGN.md). It relies on
+env.unwrapped.sim``) and never imports ``vlamergebench.envs`` (the README's arrows). It relies on
 gym-aloha's MJCF names: arm bodies ``vx300s_{left,right}/...``, object bodies ``box``, ``peg``, ``socket``.
 
 Each arm follows timed waypoints of a tool point (TCP) pose: position, yaw, pitch (down is positive), roll.

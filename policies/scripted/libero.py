@@ -2,7 +2,7 @@
 
 An expert reads the goal from the task's BDDL (``parsed_problem["goal_state"]``) and object poses and shapes
 from the MuJoCo simulator of the LIBERO ``ControlEnv`` it is handed (``env.unwrapped.sim_env``); it never
-imports ``vlamergebench.envs`` (DESIGN.md arrows). Each goal predicate maps to a plan: a list of phases
+imports ``vlamergebench.envs`` (the README's arrows). Each goal predicate maps to a plan: a list of phases
 (move the end effector to a target, or hold still while the gripper acts), driven by a P+I controller on
 LIBERO's OSC_POSE delta actions (7-D in [-1, 1]: position x 0.05 m, world-frame rotation x 0.5 rad, gripper
 -1 open / +1 close).

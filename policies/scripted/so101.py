@@ -1,7 +1,7 @@
 """Scripted experts for the SO-101 twin tasks: privileged-state inverse kinematics, joint-target actions.
 
 The expert reads the MuJoCo ``model``/``data`` of the twin it is handed (``model, data = env.unwrapped.sim``)
-and never imports ``vlamergebench.envs`` (rooms and arrows, DESIGN.md). It relies on the twin's documented
+and never imports ``vlamergebench.envs`` (the README's arrows). It relies on the twin's documented
 names: bodies ``cube_red``/``cube_blue``, geom ``target``, site ``gripperframe`` (the fixed finger pad, whose
 z axis is the jaw-opening direction and whose x axis points out of the fingers), and the six joint names
 below. The arm stands at the origin and reaches along +x; the table is z = 0.

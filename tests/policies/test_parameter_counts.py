@@ -11,7 +11,7 @@ from vlamergebench.policies.lora import add_lora
 from vlamergebench.policies.model import VLA
 from vlamergebench.policies.registry import make_config
 
-# ../shared/research/vla-and-liberoplus.md, section 3.
+# the published VLA-Adapter / MergeVLA configurations (docs/policy.md).
 REFERENCE_COUNTS = {
     "vision.featurizer.": 303_230_976,  # DINOv2 ViT-L/14-reg4 @224
     "vision.fused_featurizer.": 427_680_704,  # SigLIP so400m/14 @224 with its MAP head

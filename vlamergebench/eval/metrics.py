@@ -1,4 +1,4 @@
-"""Success, routing and continual-learning metrics (DESIGN.md "Protocol"; research/merge-methods.md §8).
+"""Success, routing and continual-learning metrics (docs/leaderboards.md).
 
 Rates are fractions in [0, 1]. Intervals are Wilson score intervals at 95% (z = 1.96), which stay inside [0,
 1] and keep their coverage at rates near 0 or 1, where LIBERO's own normal-approximation interval collapses to
@@ -200,7 +200,7 @@ def backward_transfer(matrix: np.ndarray) -> float:
 def forgetting(matrix: np.ndarray) -> np.ndarray:
     """Per skill i < T: max over i <= t < T of R[t, i] - R[T, i] (Chaudhry et al.), shape (T - 1,).
 
-    As DESIGN.md defines it, the final step is not inside the max, so a skill that ends better than at every
+    As the docs define it, the final step is not inside the max, so a skill that ends better than at every
     earlier step has negative forgetting (research notes 8.2 claim it is >= 0; that holds only with t = T).
     """
     _check_lower_triangle(matrix)

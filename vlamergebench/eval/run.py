@@ -5,7 +5,7 @@ The shape follows FusionBench's program (a model pool, a method, a task pool, a 
 the chosen protocol, and the results store in the output directory. Everything that can be wrong with the
 inputs (expert set, method name or config, routing, skill selection) raises before the first rollout.
 
-Protocols (DESIGN.md "Protocol"):
+Protocols (docs/leaderboards.md):
     - ``one_shot``: one merged model of all T experts, evaluated on every selected skill (admission step T).
     - ``continual``: after each admission t, the skills admitted so far are evaluated (admission step t). A
       continual method admits experts one at a time (its snapshots); a one-shot method re-merges each prefix

@@ -2,7 +2,7 @@
 
 An *evaluation* is one phase of one run by one contender. A *phase* evaluates one model state: the one-shot
 protocol has one (admission step T), the continual protocol one per admission step t, over the skills
-admitted so far (DESIGN.md "Continual"). Episode k of a task uses init state k and seed
+admitted so far (docs/leaderboards.md, the continual protocol). Episode k of a task uses init state k and seed
 ``episode_seed(run seed, skill, k)``, whichever worker runs it and whenever, so a resumed or re-parallelised
 run repeats exactly the same episodes.
 

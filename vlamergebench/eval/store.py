@@ -1,9 +1,9 @@
 """The embedded results store: one SQLite file per output directory, one row per finished episode.
 
-The store is the only thing leaderboards read, so every row carries what any aggregate needs (DESIGN.md
-"Protocol"): which run (method, config hash, expert set, protocol, routing, seed), which admission step,
-skill, suite, task, env id and perturbation variant, which init state and seed, what the router chose, whether
-the episode succeeded, and the provenance of the process that ran it.
+The store is the only thing leaderboards read, so every row carries what any aggregate needs (the protocol
+in docs/leaderboards.md): which run (method, config hash, expert set, protocol, routing, seed), which
+admission step, skill, suite, task, env id and perturbation variant, which init state and seed, what the
+router chose, whether the episode succeeded, and the provenance of the process that ran it.
 
 Resuming: an episode is identified by :data:`EPISODE_KEY`, the table's primary key, so a rerun that asks for
 :meth:`ResultsStore.finished_episodes` skips what is done and an insert of a finished episode is refused by
@@ -298,7 +298,7 @@ class EpisodeRecord:
 
 @dataclass(frozen=True)
 class StorageRecord:
-    """Bytes on disk of a method's inference state after ``admission_step`` admissions (DESIGN.md "Storage").
+    """Bytes on disk of a method's inference state after ``admission_step`` admissions (docs/leaderboards.md).
 
     Attributes:
         run_id: The run it belongs to.

@@ -15,7 +15,7 @@ before the model compiles, which normalises the quaternion. We write the same nu
 at every render, so no recompile is needed and the result is the same. The wrist camera is never touched.
 
 Levels are ours (LIBERO-Plus's difficulty labels were assigned empirically and do not grow with the
-displacement, research/vla-and-liberoplus.md 4.1); they grow the orbit angle, tilt and distance together.
+displacement, docs/perturbations.md); they grow the orbit angle, tilt and distance together.
 """
 
 from __future__ import annotations

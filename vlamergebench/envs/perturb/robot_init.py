@@ -10,7 +10,7 @@ printed with 8 decimals). We regenerate the same sequence. Our level L is the of
   puts the arm there and builds the OSC controller; LIBERO's init state then restores the original arm pose
   while the controller keeps its state from the offset pose, and the no-op settle steps drift the arm
   (measured here: 15.6 cm for N = 401, 4.1 cm for N = 491; LIBERO-Plus on its own stack: about 16 and 4 cm,
-  research/vla-and-liberoplus.md 4.2). This is the quirk the published LIBERO-Plus numbers include.
+  docs/perturbations.md). This is the quirk the published LIBERO-Plus numbers include.
 * ``robot_init_clean``: LIBERO's init state first, then the arm joints are set to the offset pose (zero
   velocity) and the controller is re-initialised there, so the episode really starts from the offset pose.
 """
