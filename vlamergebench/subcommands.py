@@ -440,6 +440,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     from vlamergebench.eval.bundle import BundleError
     from vlamergebench.eval.export import ExportError, export_parquet
+    from vlamergebench.eval.results import load_results
     from vlamergebench.eval.store import StoreError
 
     options = ["--format", args.format, "--out", args.out, "--license", args.license]
@@ -447,6 +448,7 @@ def run_export(args: argparse.Namespace) -> int:
         ["vlamergebench", "export", *args.sources, *options, *(["--no-videos"] * args.no_videos)]
     )
     try:
+        load_results(args.sources)  # every check the leaderboard makes, before anything is written
         summary = export_parquet(
             args.sources, args.out, command=command, license_id=args.license, copy_videos=not args.no_videos
         )

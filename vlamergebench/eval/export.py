@@ -261,8 +261,9 @@ def export_parquet(
 ) -> ExportSummary:
     """Write the results of ``sources`` (stores, run directories, bundles, exports) as an export at ``out``.
 
-    The sources are validated as the leaderboard reads them (:func:`~vlamergebench.eval.results.load_results`)
-    before anything is written; ``out`` must not exist, and appears only when complete.
+    The caller validates the sources as the leaderboard reads them first (``vlamergebench export`` calls
+    ``eval.results.load_results``; not here, since results imports this module to read exports back);
+    ``out`` must not exist, and appears only when complete.
 
     Args:
         sources: What to export; a run may come from one source only.
@@ -271,15 +272,12 @@ def export_parquet(
         license_id: The data's license, as a Hub license id (``cc-by-4.0``, ``mit``, ...).
         copy_videos: Copy the MP4 files the video rows name (where the sources have them).
     """
-    from vlamergebench.eval.results import load_results
-
     _pyarrow()
     out = Path(out)
     if out.exists():
         raise ExportError(f"{out}: already exists; export writes a new directory")
     if not license_id or not all(c.isalnum() or c in "-._" for c in license_id):
         raise ExportError(f"--license {license_id!r}: expected a license id such as cc-by-4.0 or mit")
-    load_results(sources)  # every check the leaderboard makes, before anything is written
     read = [_read_source(source) for source in sources]
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.name}.partial-{os.getpid()}")  # mkdir, not mkdtemp: the umask's modes

@@ -43,8 +43,6 @@ from vlamergebench.provenance import canonical_json, config_hash
 if TYPE_CHECKING:
     import pandas as pd
 
-    from vlamergebench.eval.video import EncodedVideo
-
 SCHEMA_VERSION = 2
 # Versions this module reads; an older one is upgraded in place when opened writable (_MIGRATIONS).
 READABLE_VERSIONS = (1, 2)
@@ -288,7 +286,8 @@ class EpisodeRecord:
     worker_pid: int = 0
     # Not a column: the episode's encoded rollout video on its way from the worker to the runner, which
     # writes the file and the ``videos`` row (``run --record-videos``).
-    video: EncodedVideo | None = field(default=None, compare=False, repr=False)
+    # an eval.video.EncodedVideo, named and not imported: video imports this module
+    video: Any = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[Any, ...]:
