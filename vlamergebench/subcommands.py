@@ -69,7 +69,13 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
         help="local directory of the tokenizer files (tokenizer.json ...) for presets with a file-based "
         "tokenizer, e.g. the reference preset's Qwen2.5 tokenizer",
     )
-    parser.add_argument("--device", default="cpu", help="torch device of the policies: cpu, cuda, cuda:1")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        metavar="DEVICE",
+        help="torch device of the policies: cpu (default), cuda, cuda:N, or auto (cuda when this machine has "
+        "a GPU, else cpu); a non-default device is part of the run's settings",
+    )
     parser.add_argument(
         "--dtype",
         default="float32",
