@@ -61,7 +61,15 @@ def method_overrides(method_config: str | None, sets: list[str]) -> dict[str, An
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    """``--tokenizer-dir``, ``--device``, ``--dtype``: how policies run (``run`` and ``eval``)."""
+    """``--render-profile``, ``--tokenizer-dir``, ``--device``, ``--dtype`` of ``run`` and ``eval``."""
+    parser.add_argument(
+        "--render-profile",
+        choices=("full", "fast"),
+        default="full",
+        help="full (default): LIBERO's meshes as installed; fast: large visual-only meshes decimated to a "
+        "tenth of their triangles (cached under ~/.cache/vlamergebench/meshes; physics unchanged, pixels "
+        "close but not equal: such entries are ranked apart, docs/scaling.md)",
+    )
     parser.add_argument(
         "--tokenizer-dir",
         default=None,
@@ -212,6 +220,7 @@ def run_eval(args: argparse.Namespace) -> int:
             workers=args.workers or min(2, os.cpu_count() or 1),
             max_steps=args.max_steps,
             image_size=args.image_size,
+            render_profile=args.render_profile,
             progress=not args.no_progress,
             tokenizer_dir=args.tokenizer_dir,
             device=args.device,

@@ -80,10 +80,13 @@ class Contender:
     Attributes:
         source_factory: Builds the :class:`~vlamergebench.eval.policy.PolicySource`.
         router_factory: Builds the router; None for oracle routing.
+        model_dirs: The directories the factories read (a merged model and its base, a checkpoint...), which
+            an executor makes available where the factories run (:mod:`vlamergebench.eval.model_files`).
     """
 
     source_factory: PolicySourceFactory
     router_factory: RouterFactory | None = None
+    model_dirs: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -108,6 +111,8 @@ class RunOptions:
         shard: Run only this slice of the episode plan; None runs all of it.
         batch_envs: Simulators a worker steps side by side, with one policy query per chunk for all of them
             (policies with ``predict_batch``; others run one episode at a time).
+        device: The policies' torch device (resolved, never ``auto``); with ``cuda`` the Ray executor gives
+            each actor its share of the cluster's GPUs (Ray hides GPUs from actors that ask for none).
     """
 
     workers: int = 1
@@ -121,6 +126,7 @@ class RunOptions:
     ray_address: str | None = None
     shard: Shard | None = None
     batch_envs: int = 1
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
