@@ -9,16 +9,24 @@ one whole dense safetensors file (base tensors with the LoRA targets folded in).
 Runs, each a fresh process timed by ``/usr/bin/time`` (wall seconds, peak resident set size):
 - Task Arithmetic, lambda 1: ``vlamergebench merge --method ta`` vs ``mergekit-pytorch`` ``task_arithmetic``.
 - TIES, keep 20% per tensor (MergeKit's ``density`` semantics): ``ties_per_tensor`` vs MergeKit ``ties``.
-- Ours only: TA from the LoRA factors, and TIES with the official global top-k.
+- Ours only: TA from the LoRA factors, TIES with the official global top-k, and the SVD- and
+  optimisation-heavy methods from the LoRA factors: TSV-M (``tsv``), Iso-C (``iso_c``), WUDI (``wudi``, 300
+  Adam steps per matrix) and OPCM (``opcm``: the experts admitted in turn, a dense SVD per target each time).
 
 Ours reads task vectors from ``dense.safetensors`` in the head-to-head rows (MergeKit reads dense files too)
 and computes in float32; MergeKit runs with its defaults (arithmetic in the checkpoint dtype, bfloat16). The
 page cache is warmed before timing. The machine is shared: both tools run with one intra-op thread by default
 (``--threads``), rerun with ``--repeats`` and read the minimum; CPU seconds are reported beside wall time.
 
+``--layers`` and ``--vocab`` shrink the model (default: Qwen2.5-0.5B's 24 layers and 151,936 tokens); a small
+setting only checks that the script runs, its figures are not the benchmark's. ``--cases`` runs a subset.
+
 Usage:
     python benchmarks/merge_speed.py                   # generate if needed, run everything, print the table
     python benchmarks/merge_speed.py --skip-mergekit --repeats 3
+    python benchmarks/merge_speed.py --cases tsv,iso_c,wudi,opcm --skip-mergekit
+    python benchmarks/merge_speed.py --root scratch/merge_speed_smoke --layers 1 --vocab 1024 --experts 2 \
+        --skip-mergekit                                # the smallest setting: does the script run?
 """
 
 from __future__ import annotations
@@ -63,10 +71,10 @@ HEAD = {
 STATS = ckpt.NormStats((-1.0,) * 7, (1.0,) * 7, (True,) * 6 + (False,), (-1.0,) * 8, (1.0,) * 8)
 
 
-def vlm_shapes() -> dict[str, tuple[int, ...]]:
-    """Qwen2.5-0.5B's tensors in our namespace (``llm.*``), in file order."""
-    shapes: dict[str, tuple[int, ...]] = {"llm.embed_tokens.weight": (VOCAB, HIDDEN)}
-    for layer in range(LAYERS):
+def vlm_shapes(layers: int = LAYERS, vocab: int = VOCAB) -> dict[str, tuple[int, ...]]:
+    """Qwen2.5-0.5B's tensors in our namespace (``llm.*``), file order; ``layers`` blocks, ``vocab`` rows."""
+    shapes: dict[str, tuple[int, ...]] = {"llm.embed_tokens.weight": (vocab, HIDDEN)}
+    for layer in range(layers):
         prefix = f"llm.layers.{layer}."
         for module, shape in PROJECTIONS.items():
             shapes[prefix + module + ".weight"] = shape
@@ -78,15 +86,15 @@ def vlm_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def targets() -> list[str]:
-    return [f"llm.layers.{layer}.{module}" for layer in range(LAYERS) for module in PROJECTIONS]
+def targets(layers: int = LAYERS) -> list[str]:
+    return [f"llm.layers.{layer}.{module}" for layer in range(layers) for module in PROJECTIONS]
 
 
 def random_bf16(shape: tuple[int, ...], std: float, *seed: object) -> torch.Tensor:
     return (torch.randn(shape, generator=ops.generator_for(0, *seed)) * std).to(torch.bfloat16)
 
 
-def write_config(path: Path, role: str, base_id: str, skill: str | None) -> None:
+def write_config(path: Path, role: str, base_id: str, skill: str | None, layers: int) -> None:
     from vlamergebench.policies.registry import make_config
 
     config = {
@@ -98,7 +106,7 @@ def write_config(path: Path, role: str, base_id: str, skill: str | None) -> None
         "skill": None
         if skill is None
         else {"name": skill, "suite": "bench", "task": skill, "task_id": 0, "env_id": "none"},  # fmt: skip
-        "lora": None if skill is None else {"rank": RANK, "alpha": ALPHA, "targets": targets()},
+        "lora": None if skill is None else {"rank": RANK, "alpha": ALPHA, "targets": targets(layers)},
         "provenance": {"generator": "benchmarks/merge_speed.py (random weights)"},
     }
     (path / ckpt.NORM_STATS_FILE).write_text(json.dumps(STATS.to_dict()))
@@ -106,9 +114,9 @@ def write_config(path: Path, role: str, base_id: str, skill: str | None) -> None
     (path / ckpt.CONFIG_FILE).write_text(json.dumps(config, indent=1))
 
 
-def generate(root: Path, experts: int) -> None:
+def generate(root: Path, experts: int, layers: int, vocab: int) -> None:
     """Write base, experts, expert set and MergeKit's whole-model files, one tensor at a time."""
-    shapes = vlm_shapes()
+    shapes = vlm_shapes(layers, vocab)
     base = root / "set" / "base"
     base.mkdir(parents=True)
     with StreamingSafetensorsWriter(
@@ -123,20 +131,20 @@ def generate(root: Path, experts: int) -> None:
         {n: random_bf16(s, 0.02, "head", n) for n, s in HEAD.items()}, str(base / ckpt.ACTION_EXPERT_FILE)
     )
     base_id = ckpt.file_sha256(base / ckpt.VLM_FILE)
-    write_config(base, "base", base_id, None)
+    write_config(base, "base", base_id, None, layers)
     vlm = TensorFile(base / ckpt.VLM_FILE, "base")
-    modules = set(targets())
+    modules = set(targets(layers))
     paths = []
     for index in range(experts):
         skill = f"skill_{index}"
         path = root / "set" / skill
         path.mkdir()
         lora_specs = []
-        for module in targets():
+        for module in targets(layers):
             out_dim, in_dim = shapes[module + ".weight"]
             lora_specs += [(module + ".lora_A", torch.bfloat16, (RANK, in_dim)),
                            (module + ".lora_B", torch.bfloat16, (out_dim, RANK))]  # fmt: skip
-        dense_specs = [(m + ".weight", torch.bfloat16, shapes[m + ".weight"]) for m in targets()]
+        dense_specs = [(m + ".weight", torch.bfloat16, shapes[m + ".weight"]) for m in targets(layers)]
         full_specs = [(n, torch.bfloat16, s) for n, s in shapes.items()]
         with (
             StreamingSafetensorsWriter(path / ckpt.LORA_FILE, lora_specs) as lora,
@@ -159,7 +167,7 @@ def generate(root: Path, experts: int) -> None:
         save_file(
             {n: random_bf16(s, 0.02, skill, n) for n, s in HEAD.items()}, str(path / ckpt.ACTION_EXPERT_FILE)
         )
-        write_config(path, "expert", base_id, skill)
+        write_config(path, "expert", base_id, skill, layers)
         paths.append(path)
         print(f"generated {skill}", flush=True)
     ckpt.write_expert_set(root / "set", "merge-speed", base, paths)
@@ -225,7 +233,7 @@ def agreement(ours_file: Path, mergekit_dir: Path, names: list[str]) -> float:
     return worst / scale
 
 
-def plot(rows: list[dict], path: Path, threads: int) -> None:
+def plot(rows: list[dict], path: Path, threads: int, model: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,11 +250,22 @@ def plot(rows: list[dict], path: Path, threads: int) -> None:
         axis.set_title(title)
         axis.invert_yaxis()
     axes[1].axvline(2.5, color="tab:red", linestyle="--", label="2.5 GiB goal")
-    axes[1].legend()
+    axes[1].legend(loc="upper right")
     per_tool = f"{threads} thread(s) per tool" if threads else "default threads"
-    figure.suptitle(f"Merging base + 4 experts with Qwen2.5-0.5B shapes (bf16), 2-core CPU, {per_tool}")
+    figure.suptitle(f"Merging {model}, 2-core CPU, {per_tool}")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+
+
+CASES = {  # --cases name -> the case label in the table
+    "ta": "TA",
+    "ties_per_tensor": "TIES 20%/tensor",
+    "ties": "TIES 20% global",
+    "tsv": "TSV-M",
+    "iso_c": "Iso-C",
+    "wudi": "WUDI",
+    "opcm": "OPCM",
+}
 
 
 def main() -> None:
@@ -261,6 +280,13 @@ def main() -> None:
         help="OMP_NUM_THREADS for both tools (default 1: on a shared 2-core machine, multi-threaded runs "
         "mostly measure the other jobs; 0 keeps torch's default)",
     )
+    parser.add_argument("--layers", type=int, default=LAYERS, help="LLM blocks (default: Qwen2.5-0.5B's 24)")
+    parser.add_argument("--vocab", type=int, default=VOCAB, help="embedding rows (default 151936)")
+    parser.add_argument(
+        "--cases",
+        default="",
+        help="comma-separated subset of: " + ", ".join(CASES) + " (default: all)",
+    )
     parser.add_argument("--skip-mergekit", action="store_true")
     parser.add_argument("--regenerate", action="store_true", help="rewrite the inputs even if present")
     parser.add_argument("--generate-only", action="store_true", help="write the inputs and stop")
@@ -268,10 +294,18 @@ def main() -> None:
     root: Path = args.root
     if args.regenerate and root.exists():
         shutil.rmtree(root)
-    if not (root / "set" / ckpt.EXPERT_SET_FILE).exists():
+    setting = {"experts": args.experts, "layers": args.layers, "vocab": args.vocab}
+    if (root / "set" / ckpt.EXPERT_SET_FILE).exists():
+        found = json.loads((root / "setting.json").read_text()) if (root / "setting.json").exists() else None
+        if found not in (None, setting):  # None: inputs written before settings were recorded (the defaults)
+            sys.exit(
+                f"{root}: inputs were generated with {found}, not {setting}; pass --regenerate or --root"
+            )
+    else:
         shutil.rmtree(root, ignore_errors=True)
         started = time.perf_counter()
-        generate(root, args.experts)
+        generate(root, args.experts, args.layers, args.vocab)
+        (root / "setting.json").write_text(json.dumps(setting))
         print(f"generated inputs in {time.perf_counter() - started:.0f} s", flush=True)
     if args.generate_only:
         return
@@ -310,7 +344,17 @@ def main() -> None:
         ("TA", "ours (LoRA tau)", ours(root, "ta", "ta_lora")),
         ("TIES 20%/tensor", "ours (LoRA tau)", ours(root, "ties_per_tensor", "ties_lora")),
         ("TIES 20% global", "ours (dense tau)", ours(root, "ties", "ties_global", 'task_vectors="dense"')),
+        ("TSV-M", "ours (LoRA tau)", ours(root, "tsv", "tsv")),
+        ("Iso-C", "ours (LoRA tau)", ours(root, "iso_c", "iso_c")),
+        ("WUDI", "ours (LoRA tau)", ours(root, "wudi", "wudi")),
+        ("OPCM", "ours (LoRA tau)", ours(root, "opcm", "opcm")),
     ]
+    chosen = [name for name in args.cases.split(",") if name]
+    unknown = sorted(set(chosen) - set(CASES))
+    if unknown:
+        sys.exit(f"--cases: unknown {unknown}; expected some of {list(CASES)}")
+    wanted = {CASES[name] for name in chosen} or {case for case, _, _ in cases}
+    cases = [case for case in cases if case[0] in wanted]
     (root / "out").mkdir(exist_ok=True)
     rows = []
     for case, tool, command in cases:
@@ -332,10 +376,10 @@ def main() -> None:
         memory = f"{row['peak_rss_gib'] / reference['peak_rss_gib']:.2f}" if reference else "-"
         figures = f"{row['wall_s']:.1f} | {row['cpu_s']:.1f} | {row['peak_rss_gib']:.2f}"
         print(f"| {row['case']} | {row['tool']} | {figures} | {speed} | {cpu} | {memory} |")
-    if not args.skip_mergekit:
+    if not args.skip_mergekit and "TA" in {row["case"] for row in rows}:
         names = [
             "llm.layers.0.self_attn.q_proj.weight",
-            "llm.layers.23.mlp.down_proj.weight",
+            f"llm.layers.{args.layers - 1}.mlp.down_proj.weight",
             "llm.norm.weight",
         ]
         error = agreement(root / "out" / "ta" / ckpt.VLM_FILE, root / "out" / "mergekit_ta", names)
@@ -345,9 +389,13 @@ def main() -> None:
     load = os.getloadavg()
     print(f"load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores")
     print(f"threads per tool: {args.threads or 'default'}")
-    results = {"rows": rows, "load_average": load, "threads": args.threads}
+    results = {"rows": rows, "load_average": load, "threads": args.threads, "setting": setting}
     (root / "results.json").write_text(json.dumps(results, indent=1))
-    plot(rows, root / "merge_speed.png", args.threads)
+    model = f"base + {args.experts} experts with Qwen2.5-0.5B shapes (bf16"
+    if (args.layers, args.vocab) != (LAYERS, VOCAB):
+        model += f"; smoke setting: {args.layers} LLM layer(s), {args.vocab} tokens"
+    model += ")"
+    plot(rows, root / "merge_speed.png", args.threads, model)
     print(f"wrote {root / 'results.json'} and {root / 'merge_speed.png'}")
 
 

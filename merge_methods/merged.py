@@ -9,15 +9,17 @@ safetensors, and ``skills/<NN>/norm_stats.json`` per skill. It may reference fil
 ``storage.json`` itself (the accounting), plus the referenced base files. It is reported against the *dense
 expert bank* (per skill: the base's ``vlm.safetensors``, which has exactly the bytes of a folded expert VLM,
 plus the expert's action expert and norm stats) and the *LoRA bank* (the base's ``vlm.safetensors`` once,
-plus per skill its LoRA factors, action expert and norm stats). A one-shot method evaluated under the
-continual protocol must keep every expert seen so far to re-merge: :func:`kept_expert_bytes` is that cost.
-All storage accounting lives here.
+plus per skill its LoRA factors, action expert and norm stats). **Parameters** are the tensor elements in
+the same counted files (safetensors headers read, no tensor loaded): bytes depend on the dtype, parameters do
+not. A one-shot method evaluated under the continual protocol must keep every expert seen so far to re-merge:
+:func:`kept_expert_bytes` and :func:`kept_expert_parameters` are that cost. All storage accounting lives here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +61,7 @@ class StoredFile:
     path: str
     bytes: int
     component: str
+    parameters: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,11 @@ class Storage:
     def total_bytes(self) -> int:
         """Sum over every counted file."""
         return sum(entry.bytes for entry in self.files)
+
+    @property
+    def parameters(self) -> int:
+        """Tensor elements over every counted safetensors file."""
+        return sum(entry.parameters for entry in self.files)
 
     @property
     def fraction_of_dense_bank(self) -> float:
@@ -96,6 +104,7 @@ class Storage:
         return {
             "files": [dataclasses.asdict(entry) for entry in self.files],
             "total_bytes": self.total_bytes,
+            "parameters": self.parameters,
             "dense_bank_bytes": self.dense_bank_bytes,
             "lora_bank_bytes": self.lora_bank_bytes,
             "fraction_of_dense_bank": self.fraction_of_dense_bank,
@@ -105,7 +114,7 @@ class Storage:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Storage:
-        """Parse ``storage.json``."""
+        """Parse ``storage.json`` (one written before parameters were counted reads as 0 parameters)."""
         files = tuple(StoredFile(**entry) for entry in data["files"])
         return cls(
             files=files, dense_bank_bytes=data["dense_bank_bytes"], lora_bank_bytes=data["lora_bank_bytes"]
@@ -304,17 +313,42 @@ def kept_expert_bytes(experts: ExpertSet) -> int:
     )
 
 
+def kept_expert_parameters(experts: ExpertSet) -> int:
+    """Tensor elements of the experts a one-shot method keeps to re-merge under the continual protocol."""
+    return sum(
+        parameter_count(expert.file(name))
+        for expert in experts.experts
+        for name in (LORA_FILE, ACTION_EXPERT_FILE)
+    )
+
+
+def parameter_count(path: Path) -> int:
+    """Tensor elements of a safetensors file, from its header alone; 0 for any other file."""
+    if path.suffix != ".safetensors":
+        return 0
+    tensors = TensorFile(path, owner=str(path))
+    return sum(math.prod(tensors.shape(name)) for name in tensors.names)
+
+
 def measure_storage(directory: Path, experts: ExpertSet, base_files: Sequence[str]) -> Storage:
     """Storage of a merged directory being written: its files (but ``storage.json``) and the base files."""
     files = [
         StoredFile(
-            str(path.relative_to(directory)), path.stat().st_size, _component(path.relative_to(directory))
+            str(path.relative_to(directory)),
+            path.stat().st_size,
+            _component(path.relative_to(directory)),
+            parameter_count(path),
         )
         for path in sorted(directory.rglob("*"))
         if path.is_file() and path.name != STORAGE_FILE
     ]
     files += [
-        StoredFile(str(experts.base.file(name).resolve()), experts.base.file(name).stat().st_size, "base")
+        StoredFile(
+            str(experts.base.file(name).resolve()),
+            experts.base.file(name).stat().st_size,
+            "base",
+            parameter_count(experts.base.file(name)),
+        )
         for name in base_files
     ]
     dense_bank, lora_bank = bank_bytes(experts)

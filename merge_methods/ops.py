@@ -31,7 +31,7 @@ whole model costs two passes of histograms instead of holding the model in memor
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from tqdm import tqdm
@@ -143,6 +143,22 @@ def _kth_largest(magnitudes: torch.Tensor, k: int) -> float:
     histogram.select(k)
     if histogram.needs_second_pass:
         histogram.low += torch.bincount(bits[high == histogram.bin] & 0xFFFF, minlength=_LOW_BINS)
+    return histogram.threshold
+
+
+def stream_threshold(magnitudes: Callable[[], Iterable[torch.Tensor]], keep_fraction: float) -> float:
+    """A global top-k cutoff over tensors streamed one at a time: the k-th largest of all they hold.
+
+    ``magnitudes()`` yields the magnitude tensors; it is called once, or twice when the radix select needs
+    its second pass. k = ``floor(keep_fraction * count)``.
+    """
+    histogram = MagnitudeHistogram()
+    for tensor in magnitudes():
+        histogram.add(tensor)
+    histogram.select(keep_count(histogram.count, keep_fraction))
+    if histogram.needs_second_pass:
+        for tensor in magnitudes():
+            histogram.add(tensor)
     return histogram.threshold
 
 

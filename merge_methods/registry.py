@@ -47,6 +47,10 @@ _CORE = ("Accurate and Efficient Low-Rank Model Merging in Core Space", "2509.17
 _EMR = ("EMR-Merging: Tuning-Free High-Performance Model Merging", "2405.17461")
 _LINES = ("LiNeS: Post-training Layer Scaling Prevents Forgetting and Enhances Model Merging", "2410.17146")
 _TWIN = ("Twin-Merging: Dynamic Integration of Modular Expertise in Model Merging", "2406.15479")
+_OPCM = (
+    "Merging Models on the Fly Without Retraining: A Sequential Approach to Scalable Continual Model Merging",
+    "2501.09522",
+)
 _CARVE = ("CARVE: continual VLA expert merging (anonymous NeurIPS 2026 submission)", None)
 _MERGEVLA_STORES = (
     "base + tau_merge + per-skill bit-packed masks + shared head + per-skill expert heads + router keys"
@@ -230,14 +234,42 @@ _method(
     router=None,
     stores="shared VLM (base + 0.29 sum tau) + per skill low-rank twin factors, action expert, norm stats",
 )
+_CONTINUAL_DELTA = {
+    "ta": "running mean of the task vectors",
+    "ties": "continual TIES task vector",
+    "tsv": "continual TSV-M task vector",
+}
+for _name, _rule, _masks, _heads in (  # CARVE's Table 2 rows (TIES: FusionBench's continual TIES)
+    ("continual_ta", "ta", False, False),
+    ("continual_ta_mask", "ta", True, False),
+    ("continual_ta_mask_heads", "ta", True, True),
+    ("continual_ties", "ties", False, False),
+    ("continual_ties_mask", "ties", True, False),
+    ("continual_tsv", "tsv", False, False),
+    ("continual_tsv_mask", "tsv", True, False),
+    ("continual_tsv_mask_heads", "tsv", True, True),
+):
+    _method(
+        _name,
+        "continual:ContinualMerge",
+        _TIES if _rule == "ties" else _CARVE,
+        kwargs={"rule": _rule, "masks": _masks, "expert_heads": _heads},
+        needs_task_identity=_masks or _heads,
+        router=None,
+        kind="continual",
+        stores=f"base + {_CONTINUAL_DELTA[_rule]}"
+        + (" + per-skill bit-packed masks" if _masks else "")
+        + (" + shared head + per-skill expert heads" if _heads else " + averaged action expert")
+        + " + per-skill norm stats",
+    )
 _method(
-    "continual_ta",
-    "continual:ContinualTaskArithmetic",
-    _CARVE,
+    "opcm",
+    "opcm:Opcm",
+    _OPCM,
     needs_task_identity=False,
     router=None,
     kind="continual",
-    stores="base + running mean of the task vectors + averaged action expert + per-skill norm stats",
+    stores="base + running sum of projected task vectors and its scale + averaged action expert + norm stats",
 )
 for _rule in ("tsv", "wudi", "knots", "emr"):
     _method(

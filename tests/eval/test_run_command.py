@@ -69,6 +69,7 @@ def test_run_merges_rolls_out_stores_and_ranks(expert_set, tmp_path, capsys):
     merged_dir = next((out / "merged").iterdir())
     reported = pd.read_json(merged_dir / "storage.json", typ="series")
     assert (storage["total_bytes"] == reported["total_bytes"]).all()  # the method's own accounting, stored
+    assert (storage["parameters"] == reported["parameters"]).all() and reported["parameters"] > 0
     assert (out / "leaderboard" / "leaderboard.html").is_file()
     merged_hash = MergedModel.open(merged_dir).config_hash  # one config hash: merged.json = store = page
     assert set(episodes["method_config_hash"]) == {merged_hash}

@@ -8,6 +8,7 @@ by hand (or by an independent few-line formula) in the tests.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +16,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import save
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from qproj import Q_PROJ, T1, T2, T3
 
 from vlamergebench.policies.checkpoint import (
     ACTION_EXPERT_FILE,
@@ -167,7 +172,6 @@ def bf16_set(tmp_path_factory: pytest.TempPathFactory) -> ExpertSet:
     return build_set(tmp_path_factory.mktemp("bf16"), dtype=torch.bfloat16)
 
 
-Q_PROJ = "llm.layers.0.self_attn.q_proj"
 SELECT = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])  # A = [I | 0]: tau = scale * [B | 0]
 
 
@@ -190,6 +194,18 @@ def build_q_proj_set(root: Path, blocks: list[torch.Tensor], heads: list[dict] |
         for i, block in enumerate(blocks)
     ]  # fmt: skip
     return write_expert_set(root, "hand-q", base, experts)
+
+
+@pytest.fixture(scope="session")
+def three(tmp_path_factory: pytest.TempPathFactory) -> ExpertSet:
+    """The q_proj case of ``qproj.py`` with experts T1, T2, T3."""
+    return build_q_proj_set(tmp_path_factory.mktemp("three"), [T1, T2, T3])
+
+
+@pytest.fixture(scope="session")
+def two(tmp_path_factory: pytest.TempPathFactory) -> ExpertSet:
+    """The q_proj case of ``qproj.py`` with experts T1, T2."""
+    return build_q_proj_set(tmp_path_factory.mktemp("two"), [T1, T2])
 
 
 @pytest.fixture(scope="session")

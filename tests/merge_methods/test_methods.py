@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from qproj import Q_PROJ, T1, T2, W, full, merged_q_proj
 from safetensors.torch import load_file
 
 from vlamergebench.merge_methods import ops
@@ -17,32 +18,6 @@ from vlamergebench.merge_methods.registry import make_method
 from vlamergebench.merge_methods.robustmerge import RobustMergeConfig, merge_factors, paper_delta
 
 torch.set_num_threads(1)
-Q_PROJ = "llm.layers.0.self_attn.q_proj"
-W = Q_PROJ + ".weight"
-T1 = torch.tensor([[1.0, -2.0], [3.0, 0.0], [-1.0, 4.0], [0.0, 0.5]])
-T2 = torch.tensor([[-2.0, -1.0], [1.0, 0.5], [2.0, -3.0], [0.0, 1.0]])
-T3 = torch.tensor([[1.0, 1.0], [-4.0, 0.0], [0.5, 1.0], [0.0, -2.0]])
-
-
-def full(block: torch.Tensor) -> torch.Tensor:
-    return torch.cat([block, torch.zeros(4, 2)], dim=1)
-
-
-@pytest.fixture(scope="module")
-def three(tmp_path_factory, builders):
-    return builders.build_q_proj_set(tmp_path_factory.mktemp("three"), [T1, T2, T3])
-
-
-@pytest.fixture(scope="module")
-def two(tmp_path_factory, builders):
-    return builders.build_q_proj_set(tmp_path_factory.mktemp("two"), [T1, T2])
-
-
-def merged_q_proj(name, experts, tmp_path, skill="skill_0", **overrides):
-    """(merged model, its q_proj weight for ``skill``, the base's q_proj weight)."""
-    merged = make_method(name, **overrides).merge(experts, tmp_path / name, progress=False)
-    base = load_file(str(experts.base.file("vlm.safetensors")))
-    return merged, merged.instantiate(skill).tensors[W], base[W]
 
 
 def test_ta_by_hand(three, tmp_path):

@@ -3,38 +3,17 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
+from qproj import Q_PROJ, T1, W, full, merged_q_proj
 from safetensors.torch import load_file, save_file
 
 from vlamergebench.merge_methods.registry import make_method
 
 torch.set_num_threads(1)
-Q_PROJ = "llm.layers.0.self_attn.q_proj"
-W = Q_PROJ + ".weight"
-T1 = torch.tensor([[1.0, -2.0], [3.0, 0.0], [-1.0, 4.0], [0.0, 0.5]])
-T2 = torch.tensor([[-2.0, -1.0], [1.0, 0.5], [2.0, -3.0], [0.0, 1.0]])
-T3 = torch.tensor([[1.0, 1.0], [-4.0, 0.0], [0.5, 1.0], [0.0, -2.0]])
 A1 = torch.tensor([[4.0, 1.0, 0.0, 0.0], [3.0, 2.0, 0.5, 0.0]])
 B1 = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 0.5]])
 A2 = torch.tensor([[0.0, 0.0, 2.0, 1.0], [0.5, 0.0, 0.0, 4.0]])
 B2 = torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.0, 0.0], [1.0, 4.0]])
-
-
-def full(block: torch.Tensor) -> torch.Tensor:
-    return torch.cat([block, torch.zeros(4, 2)], dim=1)
-
-
-def merged_q_proj(name, experts, tmp_path, skill="skill_0", **overrides):
-    """(merged model, its q_proj weight for ``skill``, the base's q_proj weight)."""
-    merged = make_method(name, **overrides).merge(experts, tmp_path / name, progress=False)
-    base = load_file(str(experts.base.file("vlm.safetensors")))
-    return merged, merged.instantiate(skill).tensors[W], base[W]
-
-
-@pytest.fixture(scope="module")
-def three(tmp_path_factory, builders):
-    return builders.build_q_proj_set(tmp_path_factory.mktemp("three"), [T1, T2, T3])
 
 
 def test_base_runs_the_base_checkpoint_unchanged(three, tmp_path):

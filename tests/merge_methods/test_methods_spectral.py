@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from qproj import T1, T2, T3, W, full
 from safetensors.torch import load_file
 
 from vlamergebench.merge_methods import ops
@@ -21,29 +22,10 @@ from vlamergebench.merge_methods.tsv import tsv_merge
 from vlamergebench.merge_methods.wudi import wudi_loss, wudi_merge
 
 torch.set_num_threads(1)
-Q_PROJ = "llm.layers.0.self_attn.q_proj"
-W = Q_PROJ + ".weight"
-T1 = torch.tensor([[1.0, -2.0], [3.0, 0.0], [-1.0, 4.0], [0.0, 0.5]])
-T2 = torch.tensor([[-2.0, -1.0], [1.0, 0.5], [2.0, -3.0], [0.0, 1.0]])
-T3 = torch.tensor([[1.0, 1.0], [-4.0, 0.0], [0.5, 1.0], [0.0, -2.0]])
-
-
-def full(block: torch.Tensor) -> torch.Tensor:
-    return torch.cat([block, torch.zeros(4, 2)], dim=1)
 
 
 def random_lowrank(generator: torch.Generator, rows: int, cols: int, rank: int) -> LowRank:
     return LowRank(torch.randn(rows, rank, generator=generator), torch.randn(rank, cols, generator=generator))
-
-
-@pytest.fixture(scope="module")
-def three(tmp_path_factory, builders):
-    return builders.build_q_proj_set(tmp_path_factory.mktemp("three"), [T1, T2, T3])
-
-
-@pytest.fixture(scope="module")
-def two(tmp_path_factory, builders):
-    return builders.build_q_proj_set(tmp_path_factory.mktemp("two"), [T1, T2])
 
 
 def merged_delta(name, experts, tmp_path, skill="skill_0", **overrides):
@@ -397,27 +379,3 @@ def test_twin_merging_shared_expert_and_twins(two, tmp_path):
     heads = load_file(str(two.experts[1].file("action_expert.safetensors")))
     tensors = merged.instantiate("skill_1").tensors
     assert all(torch.equal(tensors[name], tensor) for name, tensor in heads.items())  # its own action expert
-
-
-# ---- continual Task Arithmetic (CARVE's averaging baseline) ----------------------------------------------
-
-
-def test_continual_ta_is_the_running_mean(three, tmp_path):
-    from vlamergebench.merge_methods.base import prefix
-
-    method = make_method("continual_ta")
-    base = load_file(str(three.base.file("vlm.safetensors")))[W]
-    heads = [load_file(str(e.file("action_expert.safetensors"))) for e in three.experts]
-    previous = None
-    for count in (1, 2, 3):
-        previous = method.admit(prefix(three, count), previous, tmp_path / f"t{count}", progress=False)
-        mean = sum(full(t) for t in (T1, T2, T3)[:count]) / count
-        for skill in three.skills[:count]:  # every skill seen so far runs the same model
-            tensors = previous.instantiate(skill).tensors
-            torch.testing.assert_close(tensors[W], base + mean)
-            name = "action_head.fc2.weight"
-            torch.testing.assert_close(tensors[name], sum(h[name] for h in heads[:count]) / count)
-        assert previous.skills == three.skills[:count] and previous.state["admitted"] == count
-    whole = method.merge(three, tmp_path / "whole", snapshot_dir=tmp_path / "snapshots", progress=False)
-    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["01", "02", "03"]
-    torch.testing.assert_close(whole.instantiate("skill_0").tensors[W], base + full(T1 + T2 + T3) / 3)

@@ -49,6 +49,21 @@ def test_streaming_histogram_equals_one_big_vector():
     assert histogram.threshold == float(torch.cat(parts).abs().sort(descending=True).values[49])
 
 
+def test_stream_threshold_is_the_global_kth_largest():
+    generator = torch.Generator().manual_seed(2)
+    parts = [torch.randn(shape, generator=generator) for shape in ((4, 5), (30,), (3, 3))]
+    calls = []
+
+    def magnitudes():
+        calls.append(1)
+        return (part.abs() for part in parts)
+
+    flat = torch.cat([part.flatten() for part in parts]).abs().sort(descending=True).values
+    assert ops.stream_threshold(magnitudes, 0.25) == float(flat[int(0.25 * 59) - 1])  # k = 14 of 59
+    assert len(calls) == 2  # the radix select's second pass streams the tensors again
+    assert ops.stream_threshold(magnitudes, 0.0) == math.inf
+
+
 def test_trim_keeps_ties_at_the_cutoff():
     values = torch.tensor([1.0, -2.0, 3.0, 0.0, -1.0, 4.0, 0.0, 0.5])
     # keep_fraction 0.5 -> k = 4; the 4th largest magnitude is 1, held by two entries: both are kept (5

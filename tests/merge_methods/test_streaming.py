@@ -69,6 +69,33 @@ def test_global_ties_streaming_equals_in_memory_sort(hand_set, tmp_path):
     assert_same(merged, expected)
 
 
+def test_continual_ties_streaming_equals_in_memory(hand_set, tmp_path):
+    base, taus = in_memory_task_vectors(hand_set)
+    names = list(taus[0])
+
+    def cutoff(vectors):  # the global top-20% threshold from a full sort of the flattened vector
+        flat = torch.cat([vectors[name].flatten() for name in names]).abs().sort(descending=True).values
+        return float(flat[int(0.2 * flat.numel()) - 1])
+
+    delta = {name: 0.5 * taus[0][name] for name in names}
+    for tau in taus[1:]:
+        cutoffs = (cutoff(delta), cutoff(tau))
+        for name in names:
+            stacked = torch.stack(
+                [ops.trim_below(delta[name], cutoffs[0]), ops.trim_below(tau[name], cutoffs[1])]
+            )
+            delta[name] = delta[name] + 0.5 * ops.disjoint_merge(stacked, ops.elect_sign(stacked), "sum")
+    expected = {**base, **{name: base[name] + delta[name] for name in names}}
+    heads = [load_file(str(expert.file("action_expert.safetensors"))) for expert in hand_set.experts]
+    for name in heads[0]:  # the running mean, in admission order
+        mean = torch.zeros_like(heads[0][name])
+        for count, head in enumerate(heads, start=1):
+            mean = mean + (head[name] - mean) / count
+        expected[name] = mean
+    merged = make_method("continual_ties").merge(hand_set, tmp_path / "ties", progress=False)
+    assert_same(merged, expected)
+
+
 def test_dare_streaming_equals_in_memory(hand_set, tmp_path):
     base, taus = in_memory_task_vectors(hand_set)
     expected = dict(base)
@@ -105,6 +132,12 @@ def test_lora_bank_storage_is_the_lora_bank_plus_its_manifest(hand_set, tmp_path
     assert storage.lora_bank_bytes == by_hand
     assert storage.fraction_of_lora_bank == pytest.approx(storage.total_bytes / by_hand)
     assert storage.by_component()["base"] == os.path.getsize(hand_set.base.file("vlm.safetensors"))
+    tensors = [load_file(str(hand_set.base.file("vlm.safetensors")))] + [
+        load_file(str(e.file(f)))
+        for e in hand_set.experts
+        for f in ("lora.safetensors", "action_expert.safetensors")
+    ]
+    assert storage.parameters == sum(t.numel() for file in tensors for t in file.values()) > 0
 
 
 def test_mergevla_masks_are_stored_packed(hand_set, tmp_path):

@@ -31,6 +31,7 @@ from vlamergebench.eval.policy import PolicyContractError, SingleSkillSource
 from vlamergebench.eval.run import (
     DEFAULT_EXPERTS,
     DTYPES,
+    KeptExperts,
     check_render_profile,
     check_writable,
     method_code_version,
@@ -213,7 +214,7 @@ def _evaluate(config: EvalConfig, experts_dir: Path) -> list[PhaseSummary]:
             )
             store.register_run(run)
             if model is not None:
-                store.add_storage(storage_record(run.run_id, step, model, 0))
+                store.add_storage(storage_record(run.run_id, step, model, KeptExperts()))
             phase = Phase(step, tuple(units), config.episodes_per_task)
             contender = Contender(factory, model_dirs=model_dirs)
             evaluations.append(Evaluation(run, phase, contender, code_version))

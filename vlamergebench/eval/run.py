@@ -294,43 +294,55 @@ def method_code_version(name: str) -> str:
 
 def models_per_step(
     method: Any, experts: Any, protocol: str, out: Path, progress: bool
-) -> list[tuple[int, Any, int]]:
-    """``(admission step, merged model, extra stored bytes)`` for every phase of ``protocol``.
+) -> list[tuple[int, Any, KeptExperts]]:
+    """``(admission step, merged model, what it keeps of the experts)`` for every phase of ``protocol``.
 
     Merged directories already there from the same method, config, code version and experts are reused (a
     resumed run).
     """
     from vlamergebench.merge_methods.base import merged_or_rewritten, prefix
-    from vlamergebench.merge_methods.merged import kept_expert_bytes
+    from vlamergebench.merge_methods.merged import kept_expert_bytes, kept_expert_parameters
 
     name = f"{path_safe(method.name)}-{method.config.hash()}-code{method_code_version(method.name)}"
     total = len(experts.experts)
     if protocol == "one_shot":
-        return [(total, merged_or_rewritten(method, experts, out / "merged" / name, progress), 0)]
+        return [(total, merged_or_rewritten(method, experts, out / "merged" / name, progress), KeptExperts())]
     snapshots = out / "merged" / f"{name}-continual"
     if method.kind == "continual":
         models = method.admissions(experts, snapshots, reuse=True, overwrite=True, progress=progress)
-        return [(t, model, 0) for t, model in enumerate(models, start=1)]
+        return [(t, model, KeptExperts()) for t, model in enumerate(models, start=1)]
     steps = []
     for t in range(1, total + 1):  # a one-shot method re-merges every prefix and keeps the experts to do so
         seen = prefix(experts, t)
         model = merged_or_rewritten(method, seen, snapshots / f"{t:02d}", progress)
-        steps.append((t, model, kept_expert_bytes(seen)))
+        steps.append((t, model, KeptExperts(kept_expert_bytes(seen), kept_expert_parameters(seen))))
     return steps
 
 
-def storage_record(run_id: str, step: int, model: Any, kept_bytes: int) -> StorageRecord:
-    """The store's storage row from a merged model's own accounting (plus experts a method must keep)."""
+@dataclass(frozen=True)
+class KeptExperts:
+    """What a one-shot method keeps of the experts to re-merge under the continual protocol."""
+
+    bytes: int = 0
+    parameters: int = 0
+
+
+def storage_record(run_id: str, step: int, model: Any, kept: KeptExperts) -> StorageRecord:
+    """The store's storage row from a merged model's own accounting (plus experts a method must keep).
+
+    A merged directory written before parameters were counted reports none (NULL), not a wrong zero.
+    """
     storage = model.storage
     breakdown = storage.by_component()
-    if kept_bytes:
-        breakdown["kept experts"] = kept_bytes
+    if kept.bytes:
+        breakdown["kept experts"] = kept.bytes
     return StorageRecord(
         run_id,
         step,
-        storage.total_bytes + kept_bytes,
+        storage.total_bytes + kept.bytes,
         storage.dense_bank_bytes,
         storage.lora_bank_bytes,
+        parameters=storage.parameters + kept.parameters if storage.parameters else None,
         breakdown=breakdown,
     )
 
