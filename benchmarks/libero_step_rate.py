@@ -90,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     steps = args.steps - args.steps % args.chunk
     actions = _actions(steps, seed=0)
-    env_id = f"vlamergebench/{vlamergebench.envs.LIBERO_SUITES[args.suite][0]}-v0"
+    env_id = vlamergebench.envs.LIBERO_ENV_IDS[args.suite]
 
     raw = raw_libero(args.suite, args.task, args.image_size, actions)
     wrapped = ours(env_id, args.task, args.image_size, actions, chunk=1)

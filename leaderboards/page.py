@@ -4,6 +4,11 @@ It recomputes its tables and figures from the results through the other builders
 ``display``, ``figure``) rather than reading their output files, so builders share no state and run in any
 order. Figures are embedded as PNG data URIs and there is no script, so the page needs nothing beside itself.
 Every text from the results is HTML-escaped (bundles come from anyone).
+
+Rollout videos (``run --record-videos N``): a folded strip per entry and skill of the final model's recorded
+episodes, each a ``<video>`` whose poster (the store's JPEG of the last frame) is embedded and whose MP4 is
+linked by a path relative to the page, so it plays where the run's ``videos/`` folder sits beside the page as
+it was built; a source without the files (a bundle) shows the posters alone.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ import base64
 import html
 import io
 import json
+import os
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from vlamergebench.leaderboards import tables as tb
 
@@ -37,6 +44,11 @@ table.board td { max-width: 40em; }
 table.board th { background: #eee; } img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 details { margin: 0.3em 0; } summary { cursor: pointer; font-weight: 600; padding: 2px 0; }
 nav a { margin-right: 1.2em; white-space: nowrap; } .note { color: #555; }
+div.strip { display: flex; flex-wrap: wrap; gap: 0.6em; margin: 0.3em 0 0.9em; }
+figure.rollout { margin: 0; font-size: 0.8em; max-width: 100%; }
+figure.rollout video, figure.rollout img { height: 128px; width: auto; max-width: 100%; display: block; }
+figure.rollout figcaption { max-width: 16em; overflow-wrap: anywhere; }
+.success { color: #1a7f37; } .failure { color: #b42318; }
 """
 
 
@@ -148,6 +160,64 @@ def methods(results: Results) -> str:
     return "<ul>" + "".join(items) + "</ul>"
 
 
+def _rollout(video: Any, out_dir: Path) -> str:
+    """One recorded episode: the video (or its poster alone, without the MP4), with what happened."""
+    poster = "data:image/jpeg;base64," + base64.b64encode(bytes(video.poster_jpeg)).decode("ascii")
+    outcome = (
+        '<span class="success">success</span>' if video.success else '<span class="failure">failure</span>'
+    )
+    variant = f" · {html.escape(video.variant)}" if video.variant else ""
+    caption = f"{html.escape(video.task)}{variant} · episode {int(video.episode_index)} · {outcome}"
+    size = f'width="{int(video.width)}" height="{int(video.height)}"'
+    alt = html.escape(f"{video.task}, episode {int(video.episode_index)}", quote=True)
+    if video.video_file:
+        link = html.escape(quote(os.path.relpath(video.video_file, out_dir)), quote=True)
+        media = (
+            f'<video controls preload="none" {size} poster="{poster}" title="{alt}">'
+            f'<source src="{link}" type="video/mp4"><a href="{link}">{alt}</a></video>'
+        )
+    else:
+        media = f'<img src="{poster}" alt="{alt}" title="poster only: the MP4 is not with this source">'
+    return f'<figure class="rollout">{media}<figcaption>{caption}</figcaption></figure>'
+
+
+def rollout_videos(results: Results, out_dir: Path) -> str:
+    """Per entry (folded after the first), a strip per skill of the final model's videos; "" when none."""
+    from vlamergebench.eval.metrics import ENTRY_COLUMNS
+    from vlamergebench.eval.store import EPISODE_KEY
+
+    videos = results.videos
+    if videos is None or videos.empty:
+        return ""
+    runs = results.runs.set_index("run_id")
+    final = videos[
+        videos["admission_step"].to_numpy() == videos["run_id"].map(runs["skills"].map(len)).to_numpy()
+    ]
+    outcomes = results.episodes[[*EPISODE_KEY, "success"]]
+    final = final.merge(outcomes, on=list(EPISODE_KEY), how="inner")
+    labels = tb.entry_labels(results)
+    final = final.assign(
+        entry=[labels[tuple(runs.loc[r, c] for c in ENTRY_COLUMNS)] for r in final["run_id"]]
+    )
+    parts = []
+    for n, (entry, mine) in enumerate(final.groupby("entry", sort=True)):
+        skills = runs.loc[mine["run_id"].iloc[0], "skills"]
+        strips = []
+        for skill in [s for s in skills if s in set(mine["skill"])]:
+            rows = mine[mine["skill"] == skill].sort_values(["variant", "task", "run_id", "episode_index"])
+            figures = "".join(_rollout(video, out_dir) for video in rows.itertuples())
+            strips.append(f'<h4>{html.escape(skill)}</h4><div class="strip">{figures}</div>')
+        parts.append(_folded(f"{entry}: {len(mine)} recorded episodes", "\n".join(strips), open_=n == 0))
+    note = (
+        "Recorded with run --record-videos N: the first N episodes of each task, one frame per observation "
+        "the policy read (one per action chunk), cameras side by side at the policy's input resolution. "
+        "Posters show each episode's last frame."
+    )
+    return (
+        '<h2 id="videos">Rollout videos</h2>' + f'<p class="note">{html.escape(note)}</p>' + "\n".join(parts)
+    )
+
+
 def build(results: Results, out_dir: Path) -> list[Path]:
     """Write ``leaderboard.html`` into ``out_dir``: every registered board, then the provenance."""
     from vlamergebench.leaderboards.registry import boards
@@ -159,10 +229,14 @@ def build(results: Results, out_dir: Path) -> list[Path]:
             _section(board.name, board.title, board.display(frames), board.plot(frames), board.page_note)
         )
         links.append(f'<a href="#{board.name}">{html.escape(board.name.capitalize())}</a>')
+    videos = rollout_videos(results, out_dir)
+    if videos:
+        links.append('<a href="#videos">Videos</a>')
     body = [
         "<h1>vlamergebench leaderboard</h1>",
         "<nav>" + "".join(links) + '<a href="#methods">Methods</a><a href="#provenance">Provenance</a></nav>',
         *sections,
+        videos,
         '<h2 id="methods">Methods and papers</h2>',
         methods(results),
         '<h2 id="provenance">Provenance</h2>',

@@ -45,6 +45,7 @@ from vlamergebench.merge_methods.io import (
     MergeInputError,
     count_non_finite,
     hidden_work_dir,
+    lora_factors_needed,
     open_views,
     remove_stale_work,
 )
@@ -74,6 +75,9 @@ class MergeMethod(ABC, Generic[C]):
     kind: ClassVar[str] = "one_shot"
     base_files: ClassVar[tuple[str, ...]] = ()  # base checkpoint files the merged model needs at inference
     norm_stats_from_base: ClassVar[bool] = False  # True only where every skill runs the base's own head
+    # True where the formula or the stored state is the LoRA factors (A, B) themselves, not a task vector:
+    # a dense expert (a full fine-tune) is then refused before anything is written.
+    needs_lora_factors: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Take ``config_class`` from the type argument (``Ties(OneShotMethod[TiesConfig])``) and check it."""
@@ -104,6 +108,13 @@ class MergeMethod(ABC, Generic[C]):
     @abstractmethod
     def instantiate(self, model: MergedModel, skill: str) -> dict[str, torch.Tensor]:
         """Full tensors of ``skill`` in the base's namespace (VLM + action expert)."""
+
+    def check_experts(self, experts: ExpertSet) -> None:
+        """Refuse, before any work, an expert this method cannot read: a dense one where it needs LoRA."""
+        if self.needs_lora_factors:
+            for expert in experts.experts:
+                if expert.is_dense_expert:
+                    raise MergeInputError(lora_factors_needed(expert, f"merge method {self.name!r}"))
 
     def _finish(self, work: AtomicDirectory, experts: ExpertSet, state: Mapping[str, Any]) -> MergedModel:
         """Write per-skill norm stats, ``merged.json`` and ``storage.json``, then commit the directory."""
@@ -150,6 +161,7 @@ class OneShotMethod(MergeMethod[C]):
         progress: bool = True,
     ) -> MergedModel:
         """Merge ``experts`` into the directory ``out`` (written atomically) and return it opened."""
+        self.check_experts(experts)
         with AtomicDirectory(out, overwrite) as work:
             state = self.write(experts, work, progress)
             return self._finish(work, experts, state)
@@ -189,6 +201,7 @@ class ContinualMethod(MergeMethod[C]):
             raise ValueError(
                 f"{self.name}: previous state {previous.path} was written by another method or config"
             )
+        self.check_experts(seen)
         with AtomicDirectory(out, overwrite) as work:
             state = self.write_admission(seen, previous, work, progress)
             return self._finish(work, seen, state)
@@ -310,7 +323,7 @@ class TaskVectors:
 
     def sum(self) -> torch.Tensor:
         """``sum_t tau_t`` as one running sum (never T task vectors in memory); non-finite input raises."""
-        dense = self.views[0].source == "dense"
+        dense = self.base is not None and all(view.source == "dense" for view in self.views)
         if dense:  # sum_t W_t - T W_0: one widening per expert, no subtraction each
             terms = (view.weight(self.name, self.base) for view in self.views)
         else:

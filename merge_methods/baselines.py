@@ -98,6 +98,7 @@ class LoraBank(OneShotMethod[LoraBankConfig]):
     """Keeps the base once and each expert's LoRA factors, action expert and norm stats."""
 
     base_files = (VLM_FILE,)
+    needs_lora_factors = True  # its state is the factors (a dense expert's bank is expert_bank)
 
     def write(self, experts: ExpertSet, work: AtomicDirectory, progress: bool) -> Mapping[str, Any]:
         """Copy each expert's (validated) LoRA and action-expert files; record each LoRA scale."""

@@ -165,7 +165,7 @@ class Carve(ContinualMethod[CarveConfig]):
         ) as writer:
             for name in names:
                 if source[name] is vlm:
-                    tau = view.task_vector(name, vlm.read(name) if config.task_vectors == "dense" else None)
+                    tau = view.task_vector(name, vlm.read(name) if view.source == "dense" else None)
                 else:
                     tau = view.action_expert(name).float() - head.read(name).float()
                 core = (

@@ -171,7 +171,7 @@ class ContinualMerge(ContinualMethod[ContinualConfig]):
         names = [n for n in vlm.names if view.is_target(n) or (earlier is not None and n in earlier)]
 
         def weight(name: str) -> torch.Tensor | None:
-            return vlm.read(name) if config.task_vectors == "dense" else None
+            return vlm.read(name) if view.source == "dense" else None
 
         def before(name: str) -> torch.Tensor:
             if earlier is not None and name in earlier:

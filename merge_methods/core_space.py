@@ -90,6 +90,10 @@ def core_space_merge(factors: Sequence[LowRank], merge: str, keep_fraction: floa
 class CoreSpace(SingleModelFromFactors[CoreSpaceConfig]):
     """One merged model, each target merged in its core space."""
 
+    # The core is spanned by the stacked B's and A's; a full fine-tune's delta has full rank, so its "core"
+    # would be the whole space and nothing of the method would remain.
+    needs_lora_factors = True
+
     def merged_delta(self, factors: Sequence[LowRank], name: str) -> torch.Tensor:
         """``scale * U_B M V_A^T``."""
         config: CoreSpaceConfig = self.config

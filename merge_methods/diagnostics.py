@@ -47,6 +47,11 @@ class Hybrid(OneShotMethod[HybridConfig]):
     """The inner method's merged model with one half replaced by each skill's own."""
 
     @property
+    def needs_lora_factors(self) -> bool:  # type: ignore[override]
+        """Each skill's own VLM is its LoRA; the inner method may need the factors too."""
+        return self.config.own == "vlm" or bool(self._inner().needs_lora_factors)
+
+    @property
     def base_files(self) -> tuple[str, ...]:
         """The inner method's base files, plus the base VLM that each skill's own LoRA folds into."""
         inner = tuple(self._inner().base_files)
@@ -66,7 +71,8 @@ class Hybrid(OneShotMethod[HybridConfig]):
         name = OWN_FILES[self.config.own]
         for index, expert in enumerate(experts.experts):
             work.file(f"{skill_dir(index)}/own_{name}").write_bytes(expert.file(name).read_bytes())
-        state["lora_scales"] = [expert.lora_scale for expert in experts.experts]
+        if self.config.own == "vlm":
+            state["lora_scales"] = [expert.lora_scale for expert in experts.experts]
         return state
 
     def instantiate(self, model: MergedModel, skill: str) -> dict[str, torch.Tensor]:

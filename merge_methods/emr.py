@@ -31,7 +31,12 @@ import torch
 from vlamergebench.merge_methods import ops
 from vlamergebench.merge_methods.base import OneShotMethod, TaskVectors
 from vlamergebench.merge_methods.config import MethodConfig, check_choice
-from vlamergebench.merge_methods.io import AtomicDirectory, StreamingSafetensorsWriter, open_views
+from vlamergebench.merge_methods.io import (
+    AtomicDirectory,
+    StreamingSafetensorsWriter,
+    open_views,
+    reads_base,
+)
 from vlamergebench.merge_methods.merged import MergedModel, read_all, skill_dir
 from vlamergebench.merge_methods.writers import target_names, write_action_expert
 from vlamergebench.policies.checkpoint import ACTION_EXPERT_FILE, VLM_FILE, ExpertSet
@@ -102,9 +107,7 @@ class Emr(OneShotMethod[EmrConfig]):
         ]
         terms = []
         for name in targets:
-            stacked = TaskVectors(
-                name, vlm.read(name) if config.task_vectors == "dense" else None, views
-            ).stacked()
+            stacked = TaskVectors(name, vlm.read(name) if reads_base(views) else None, views).stacked()
             tau_uni, masks = emr_elect(stacked)
             tau_writer.write(name, tau_uni.to(vlm.dtype(name)))
             for writer, mask in zip(mask_writers, masks, strict=True):

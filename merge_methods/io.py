@@ -285,11 +285,10 @@ class CheckpointIndex:
         """Open the headers of ``checkpoint``'s tensor files; ``owner`` labels errors."""
         self.checkpoint = checkpoint
         self.owner = owner
-        names = (
-            [VLM_FILE, ACTION_EXPERT_FILE] if checkpoint.role == "base" else [LORA_FILE, ACTION_EXPERT_FILE]
-        )
-        if checkpoint.role == "expert" and checkpoint.has(DENSE_FILE):
-            names.append(DENSE_FILE)
+        if checkpoint.role == "base":
+            names = [VLM_FILE, ACTION_EXPERT_FILE]
+        else:
+            names = [ACTION_EXPERT_FILE] + [f for f in (LORA_FILE, DENSE_FILE) if checkpoint.has(f)]
         self.files = {name: TensorFile(checkpoint.file(name), owner) for name in names}
 
     def file(self, name: str) -> TensorFile:
@@ -330,6 +329,9 @@ def _check_tensor_matches(
 class ExpertView:
     """An expert seen as task vectors against the base, one tensor at a time.
 
+    A dense expert (a full fine-tune: ``dense.safetensors`` and no LoRA) has one task vector, ``W_expert -
+    W_base`` over the VLM tensors its file holds, whatever ``source`` asks; :meth:`factors` refuses it.
+
     Args:
         expert: The expert checkpoint.
         base: The base's index (its ``vlm.safetensors`` defines names, shapes and dtypes).
@@ -344,11 +346,25 @@ class ExpertView:
         self.checkpoint = expert
         self.index = CheckpointIndex(expert, f"expert {self.skill!r}")
         self.base = base
+        base_vlm = base.file(VLM_FILE)
+        _check_same_inventory(
+            self.index.file(ACTION_EXPERT_FILE), base.file(ACTION_EXPERT_FILE), "action-expert"
+        )
+        self.modules: dict[str, str] = {}  # "<module>.weight" -> "<module>" (a dense expert: name -> name)
+        if expert.is_dense_expert:
+            self.source, self.scale = "dense", 0.0
+            dense = self.index.file(DENSE_FILE)
+            self.modules.update((name, name) for name in dense.names)
+            for name in dense.names:
+                if name not in base_vlm:
+                    raise MergeInputError(
+                        f"{dense.owner}: {dense.path}: tensor {name!r} is not in the base's {VLM_FILE}"
+                    )
+                _check_tensor_matches(dense, name, base_vlm.shape(name), base_vlm.dtype(name), "base")
+            return
         self.source = source
         self.scale = expert.lora_scale
-        base_vlm = base.file(VLM_FILE)
         lora = self.index.file(LORA_FILE)
-        self.modules: dict[str, str] = {}  # "<module>.weight" -> "<module>"
         for name in lora.names:
             if not name.endswith((LORA_A_SUFFIX, LORA_B_SUFFIX)):
                 raise MergeInputError(
@@ -372,9 +388,6 @@ class ExpertView:
             rank = lora.shape(a_name)[0]
             _check_tensor_matches(lora, a_name, (rank, in_dim), lora.dtype(a_name), "the base weight")
             _check_tensor_matches(lora, b_name, (out_dim, rank), lora.dtype(a_name), f"{a_name!r}")
-        _check_same_inventory(
-            self.index.file(ACTION_EXPERT_FILE), base.file(ACTION_EXPERT_FILE), "action-expert"
-        )
         if source == "dense":
             dense = self.index.file(DENSE_FILE)
             if set(dense.names) != set(self.modules):
@@ -387,7 +400,9 @@ class ExpertView:
         return name in self.modules
 
     def factors(self, weight_name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """(A (rank, in), B (out, rank), scale) of a target, as stored."""
+        """(A (rank, in), B (out, rank), scale) of a target, as stored; a dense expert raises."""
+        if self.checkpoint.is_dense_expert:
+            raise MergeInputError(lora_factors_needed(self.checkpoint, "this method"))
         module = self.modules[weight_name]
         lora = self.index.file(LORA_FILE)
         return lora.read(module + LORA_A_SUFFIX), lora.read(module + LORA_B_SUFFIX), self.scale
@@ -449,6 +464,19 @@ class ExpertView:
     def action_expert(self, name: str) -> torch.Tensor:
         """One tensor of the expert's action expert (head, queries, proprio projector), as stored."""
         return self.index.file(ACTION_EXPERT_FILE).read(name)
+
+
+def reads_base(views: Sequence[ExpertView]) -> bool:
+    """Whether any view takes tau against the base weight (a dense view), so a caller should pass it."""
+    return any(view.source == "dense" for view in views)
+
+
+def lora_factors_needed(expert: CheckpointDir, method: str) -> str:
+    """The one-line refusal of a dense expert by a method that works on LoRA factors."""
+    return (
+        f"expert {expert.skill!r} ({expert.path}): found a dense task vector ({DENSE_FILE}, a full "
+        f"fine-tune); {method} needs LoRA factors ({LORA_FILE}: lora_A, lora_B)"
+    )
 
 
 def open_views(

@@ -34,7 +34,7 @@ import torch
 from vlamergebench.merge_methods import ops
 from vlamergebench.merge_methods.base import OneShotMethod, TaskVectors
 from vlamergebench.merge_methods.config import MethodConfig, check_choice, check_fraction
-from vlamergebench.merge_methods.io import AtomicDirectory, open_views
+from vlamergebench.merge_methods.io import AtomicDirectory, open_views, reads_base
 from vlamergebench.merge_methods.merged import MergedModel, read_single_model
 from vlamergebench.merge_methods.writers import target_names, write_action_expert, write_vlm
 from vlamergebench.policies.checkpoint import ACTION_EXPERT_FILE, VLM_FILE, ExpertSet
@@ -105,9 +105,7 @@ class Lines(OneShotMethod[LinesConfig]):
 
         summed_l1 = merged_l1 = 0.0
         for name in targets:
-            summed, merged = merged_task_vector(
-                name, vlm.read(name) if config.task_vectors == "dense" else None
-            )
+            summed, merged = merged_task_vector(name, vlm.read(name) if reads_base(views) else None)
             summed_l1 += float(summed.abs().double().sum())
             merged_l1 += float(merged.abs().double().sum())
         alpha = lines_alpha(summed_l1, merged_l1, len(views))

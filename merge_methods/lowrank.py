@@ -4,7 +4,9 @@ A LoRA expert's task vector of one target is ``tau = (alpha / r) B A``: rank at 
 take an SVD of tau (or of a stack of them) get it here from the factors, exactly, without ever decomposing the
 dense m x n matrix: QR of the two factors and an SVD of the r x r core. With ``task_vectors = "dense"`` tau is
 read from the folded weights and factorised by a dense SVD truncated at its numerical rank, so the same
-formulas run on either source.
+formulas run on either source. A dense expert (a full fine-tune) also changes tensors that are not matrices
+(norms, biases, convolution kernels); they have no SVD, and :class:`SingleModelFromFactors` gives them the
+mean task vector, as TSV's and Iso's code do for every non-matrix parameter.
 
 Every function is pure (tensors in, tensors out). Factor products are formed in float64 where they are small
 (cores, polar factors), the dense result in float32.
@@ -18,7 +20,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import torch
 
-from vlamergebench.merge_methods.base import OneShotMethod
+from vlamergebench.merge_methods.base import OneShotMethod, TaskVectors
 from vlamergebench.merge_methods.config import MethodConfig
 from vlamergebench.merge_methods.io import AtomicDirectory, ExpertView, MergeInputError, open_views
 from vlamergebench.merge_methods.merged import MergedModel, read_single_model
@@ -115,8 +117,9 @@ def task_factors(view: ExpertView, name: str, weight: torch.Tensor | None) -> Lo
 class SingleModelFromFactors(OneShotMethod[C]):
     """Glue for a method whose rule maps the experts' factors of one target to one merged delta.
 
-    Subclasses implement :meth:`merged_delta`; the VLM is written with the base elsewhere, the action expert
-    is the uniform average (it has no pretrained base), and every skill instantiates the one model.
+    Subclasses implement :meth:`merged_delta`; the VLM is written with the base elsewhere, a target that is
+    not a matrix gets the mean task vector, the action expert is the uniform average (it has no pretrained
+    base), and every skill instantiates the one model.
     """
 
     @abstractmethod
@@ -129,6 +132,8 @@ class SingleModelFromFactors(OneShotMethod[C]):
         base, views = open_views(experts.base, experts.experts, source)
 
         def delta(name: str, weight: torch.Tensor) -> torch.Tensor:
+            if weight.ndim != 2:
+                return TaskVectors(name, weight, views).sum().div_(len(views))
             return self.merged_delta([task_factors(view, name, weight) for view in views], name)
 
         write_vlm(work.file(VLM_FILE), base, delta, target_names(base, views), progress)

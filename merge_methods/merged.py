@@ -9,10 +9,11 @@ safetensors, and ``skills/<NN>/norm_stats.json`` per skill. It may reference fil
 ``storage.json`` itself (the accounting), plus the referenced base files. It is reported against the *dense
 expert bank* (per skill: the base's ``vlm.safetensors``, which has exactly the bytes of a folded expert VLM,
 plus the expert's action expert and norm stats) and the *LoRA bank* (the base's ``vlm.safetensors`` once,
-plus per skill its LoRA factors, action expert and norm stats). **Parameters** are the tensor elements in
-the same counted files (safetensors headers read, no tensor loaded): bytes depend on the dtype, parameters do
-not. A one-shot method evaluated under the continual protocol must keep every expert seen so far to re-merge:
-:func:`kept_expert_bytes` and :func:`kept_expert_parameters` are that cost. All storage accounting lives here.
+plus per skill its LoRA factors, action expert and norm stats; a dense expert counts its ``dense.safetensors``
+in place of the factors). **Parameters** are the tensor elements in the same counted files (safetensors
+headers read, no tensor loaded): bytes depend on the dtype, parameters do not. A one-shot method evaluated
+under the continual protocol must keep every expert seen so far to re-merge: :func:`kept_expert_bytes` and
+:func:`kept_expert_parameters` are that cost. All storage accounting lives here.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import torch
 from vlamergebench.merge_methods.io import TensorFile
 from vlamergebench.policies.checkpoint import (
     ACTION_EXPERT_FILE,
-    LORA_FILE,
     NORM_STATS_FILE,
     VLM_FILE,
     CheckpointDir,
@@ -128,7 +128,7 @@ def bank_bytes(experts: ExpertSet) -> tuple[int, int]:
         expert.file(ACTION_EXPERT_FILE).stat().st_size + expert.file(NORM_STATS_FILE).stat().st_size
         for expert in experts.experts
     ]
-    lora = sum(expert.file(LORA_FILE).stat().st_size for expert in experts.experts)
+    lora = sum(expert.file(expert.task_vector_file).stat().st_size for expert in experts.experts)
     return len(per_skill) * vlm + sum(per_skill), vlm + lora + sum(per_skill)
 
 
@@ -164,6 +164,41 @@ def skill_dir(index: int) -> str:
     return f"skills/{index:02d}"
 
 
+# What a reader takes from merged.json, with the JSON types each field must have (None: null allowed).
+MANIFEST_FIELDS: dict[str, Any] = {
+    "method": str,
+    "kind": str,
+    "config": dict,
+    "config_hash": str,
+    "router": (str, type(None)),
+    "expert_set": {"id": str},
+    "base": {"path": str, "base_id": str},
+    "skills": list,
+    "instructions": dict,
+    "policy": dict,
+    "state": dict,
+}
+_JSON_NAMES = {str: "text", dict: "an object", list: "a list", type(None): "null"}
+
+
+def _check_fields(data: Mapping[str, Any], fields: Mapping[str, Any], where: str, prefix: str = "") -> None:
+    """Raise :class:`CheckpointError` naming the first of ``fields`` that ``data`` lacks or mistypes."""
+    for name, expected in fields.items():
+        field_name = f"{prefix}{name}"
+        if name not in data:
+            raise CheckpointError(f"{where}: missing field {field_name!r}")
+        if isinstance(expected, Mapping):
+            expected, nested = dict, expected
+        else:
+            nested = None
+        kinds = expected if isinstance(expected, tuple) else (expected,)
+        if not isinstance(data[name], kinds):
+            wanted = " or ".join(_JSON_NAMES[kind] for kind in kinds)
+            raise CheckpointError(f"{where}: field {field_name!r} must be {wanted}, got {data[name]!r:.80}")
+        if nested is not None:
+            _check_fields(data[name], nested, where, f"{field_name}.")
+
+
 class MergedModel:
     """A merged model directory opened for reading (see the module docstring)."""
 
@@ -177,11 +212,15 @@ class MergedModel:
             raise CheckpointError(
                 f"{manifest_path}: missing: not a (complete) merged model directory"
             ) from None
+        except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError included
+            raise CheckpointError(f"{manifest_path}: not valid JSON ({error})") from None
         if (
-            self.manifest.get("format") != MERGED_FORMAT
+            not isinstance(self.manifest, dict)
+            or self.manifest.get("format") != MERGED_FORMAT
             or self.manifest.get("format_version") != MERGED_FORMAT_VERSION
         ):
             raise CheckpointError(f"{manifest_path}: not a {MERGED_FORMAT} v{MERGED_FORMAT_VERSION} manifest")
+        _check_fields(self.manifest, MANIFEST_FIELDS, str(manifest_path))
         self.base = CheckpointDir.open(base or self.manifest["base"]["path"])
         if self.base.base_id != self.manifest["base"]["base_id"]:
             raise CheckpointError(
@@ -309,7 +348,7 @@ def kept_expert_bytes(experts: ExpertSet) -> int:
     return sum(
         expert.file(name).stat().st_size
         for expert in experts.experts
-        for name in (LORA_FILE, ACTION_EXPERT_FILE, NORM_STATS_FILE)
+        for name in (expert.task_vector_file, ACTION_EXPERT_FILE, NORM_STATS_FILE)
     )
 
 
@@ -318,7 +357,7 @@ def kept_expert_parameters(experts: ExpertSet) -> int:
     return sum(
         parameter_count(expert.file(name))
         for expert in experts.experts
-        for name in (LORA_FILE, ACTION_EXPERT_FILE)
+        for name in (expert.task_vector_file, ACTION_EXPERT_FILE)
     )
 
 

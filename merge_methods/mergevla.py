@@ -11,6 +11,8 @@ VLM (LoRA targets; tau_t in float32)::
               = TIES without trim: elect sign by sum, disjoint *sum*    (merge = "ties": the 90.2 headline)
               = TSV-M, WUDI or KnOTS of the tau_t with each method's registered defaults (``tsv.py``,
                 ``wudi.py``, ``knots.py``)                              (merge = "tsv" / "wudi" / "knots")
+                (a tensor that is not a matrix, which only a full fine-tune changes, takes the mean under
+                these three: it has no SVD)
               = EMR's tau_uni, with EMR's masks M_m and rescalers lambda_m in place of the TALL masks:
                 W_m = W_0 + lambda_m M_m * tau_uni  (``emr.py``)        (merge = "emr")
     S_m       = 1[|tau_m| > mask_strength * |tau_merge - tau_m|]       (TALL mask, strict >)
@@ -51,6 +53,7 @@ from vlamergebench.merge_methods.io import (
     MergeInputError,
     StreamingSafetensorsWriter,
     open_views,
+    reads_base,
 )
 from vlamergebench.merge_methods.knots import KnotsConfig, knots_merge
 from vlamergebench.merge_methods.lowrank import LowRank, task_factors
@@ -69,6 +72,7 @@ _BLOCK = re.compile(r"^action_head\.blocks\.(\d+)\.")
 
 
 MERGE_RULES = ("ta", "ties", "tsv", "wudi", "knots", "emr")
+FACTOR_RULES = ("tsv", "wudi", "knots")  # rules on a matrix's SVD: a tensor that is no matrix takes the mean
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,8 @@ def merged_and_masks(
         return emr_elect(stacked)
     if rule == "ta":
         merged = stacked.sum(dim=0)
+    elif rule == "mean":
+        merged = stacked.mean(dim=0)
     elif rule == "ties":
         merged = ops.disjoint_merge(stacked, ops.elect_sign(stacked), "sum")
     elif rule == "tsv":
@@ -160,14 +166,17 @@ class MergeVLA(OneShotMethod[MergeVLAConfig]):
         kept, selfish, active = [0] * len(views), 0, 0
         rescaler_terms_by_target = []
         for name in targets:
-            weight = vlm.read(name) if config.task_vectors == "dense" else None
+            weight = vlm.read(name) if reads_base(views) else None
             factors = None
-            if config.merge in ("tsv", "wudi", "knots"):
+            rule = config.merge
+            if rule in FACTOR_RULES and len(vlm.shape(name)) != 2:
+                rule = "mean"  # a full fine-tune's norms and biases: no SVD (TSV's code takes the mean)
+            if rule in FACTOR_RULES:
                 factors = [task_factors(view, name, weight) for view in views]
                 stacked = torch.stack([task.dense() for task in factors])
             else:
                 stacked = TaskVectors(name, weight, views).stacked()
-            merged, masks = merged_and_masks(config.merge, stacked, factors, config.mask_strength)
+            merged, masks = merged_and_masks(rule, stacked, factors, config.mask_strength)
             if config.merge == "emr":
                 rescaler_terms_by_target.append(rescaler_terms(stacked, merged, masks))
             tau_writer.write(name, merged.to(vlm.dtype(name)))

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from tqdm import tqdm
 
-from vlamergebench.merge_methods.io import CheckpointIndex, ExpertView
+from vlamergebench.merge_methods.io import CheckpointIndex, ExpertView, reads_base
 from vlamergebench.policies.checkpoint import LORA_A_SUFFIX, LORA_B_SUFFIX, VLM_FILE
 
 _HIGH_BINS = 1 << 15  # non-negative float32: the sign bit is 0, so the high half-word is < 2^15
@@ -316,7 +316,7 @@ def global_thresholds(
         for name in tqdm(
             targets, desc=f"TIES global top-k, pass {pass_index}", disable=not progress, leave=False
         ):
-            weight = vlm.read(name) if views[0].source == "dense" else None
+            weight = vlm.read(name) if reads_base(views) else None
             for view, histogram in zip(views, histograms, strict=True):
                 if pass_index == 1 or histogram.needs_second_pass:
                     histogram.add(view.task_vector(name, weight).abs_())

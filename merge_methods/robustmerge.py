@@ -130,6 +130,8 @@ def paper_delta(
 class RobustMerge(OneShotMethod[RobustMergeConfig]):
     """One merged LoRA (code variant, base referenced) or one dense model (paper variant)."""
 
+    needs_lora_factors = True  # both variants prune and sum the A and B factors themselves
+
     @property
     def base_files(self) -> tuple[str, ...]:
         """The code variant stores the merged LoRA unfused, so it needs the base VLM at inference."""

@@ -22,7 +22,8 @@ TSV-C (``tsv_c``) keeps each task's own top-k triplets and needs the task at inf
 ``W_t = W_0 + alpha * U_t,k S_t,k V_t,k^T``. It stores, per skill and target, ``U S`` (m x k_t) and ``V``
 (n x k_t) in the base dtype, plus the skill's own action expert (as ``lora_bank``: the action expert has no
 base to compress against). For LoRA experts of rank r <= k this is lossless: TSV-C is then a re-factorised
-LoRA bank.
+LoRA bank. A target that is not a matrix (norms and biases, which only a full fine-tune changes) has no SVD:
+TSV-M gives it the mean task vector (as the code does), TSV-C keeps each skill's own, whole.
 
 Defaults and sources: ``alpha = 1.0`` (FusionBench ``TaskSingularVectorMerging.yaml``; MergeVLA's TSV row; the
 code sweeps 0.1-3.0 on validation data).
@@ -38,7 +39,12 @@ import torch
 
 from vlamergebench.merge_methods.base import OneShotMethod
 from vlamergebench.merge_methods.config import MethodConfig, check_choice
-from vlamergebench.merge_methods.io import AtomicDirectory, StreamingSafetensorsWriter, open_views
+from vlamergebench.merge_methods.io import (
+    AtomicDirectory,
+    StreamingSafetensorsWriter,
+    open_views,
+    reads_base,
+)
 from vlamergebench.merge_methods.lowrank import (
     LowRank,
     SingleModelFromFactors,
@@ -108,28 +114,24 @@ class TsvCompress(OneShotMethod[TsvConfig]):
         config: TsvConfig = self.config
         base, views = open_views(experts.base, experts.experts, config.task_vectors)
         vlm, targets = base.file(VLM_FILE), target_names(base, views)
-        by_target = {}
+        by_target: dict[str, list[dict[str, torch.Tensor]]] = {}  # per target, per skill: stored parts
         for name in targets:
-            weight = vlm.read(name) if config.task_vectors == "dense" else None
+            weight = vlm.read(name) if reads_base(views) else None
+            if len(vlm.shape(name)) != 2:
+                by_target[name] = [{".whole": view.task_vector(name, weight)} for view in views]
+                continue
             spectra = truncated_spectra([task_factors(view, name, weight) for view in views])
-            by_target[name] = [((u * s), v) for u, s, v in spectra]  # U S (m, k_t), V (n, k_t)
+            by_target[name] = [{".US": u * s, ".V": v} for u, s, v in spectra]  # U S (m, k_t), V (n, k_t)
         ranks: dict[str, int] = {}
         for index, view in enumerate(views):
-            specs = []
-            for name in targets:
-                left, right = by_target[name][index]
-                specs += [
-                    (name + ".US", vlm.dtype(name), left.shape),
-                    (name + ".V", vlm.dtype(name), right.shape),
-                ]
+            parts = {name + suffix: t for name in targets for suffix, t in by_target[name][index].items()}
+            specs = [(part, vlm.dtype(part.rsplit(".", 1)[0]), t.shape) for part, t in parts.items()]
             with StreamingSafetensorsWriter(work.file(f"{skill_dir(index)}/{FACTOR_FILE}"), specs) as writer:
-                for name in targets:
-                    left, right = by_target[name][index]
-                    writer.write(name + ".US", left.to(vlm.dtype(name)).contiguous())
-                    writer.write(name + ".V", right.to(vlm.dtype(name)).contiguous())
+                for part, tensor in parts.items():
+                    writer.write(part, tensor.to(vlm.dtype(part.rsplit(".", 1)[0])).contiguous())
             head = base.file(ACTION_EXPERT_FILE).names
             copy_action_expert(work.file(f"{skill_dir(index)}/{ACTION_EXPERT_FILE}"), view, head)
-            ranks[view.skill] = sum(by_target[name][index][0].shape[1] for name in targets)
+            ranks[view.skill] = sum(t.shape[1] for part, t in parts.items() if part.endswith(".US"))
         return {"kept_triplets": ranks}
 
     def instantiate(self, model: MergedModel, skill: str) -> dict[str, torch.Tensor]:
@@ -139,7 +141,10 @@ class TsvCompress(OneShotMethod[TsvConfig]):
         stored = model.tensor_file(f"{folder}/{FACTOR_FILE}")
         for name in {n.rsplit(".", 1)[0] for n in stored.names}:
             weight = tensors[name]
-            delta = stored.read(name + ".US").double() @ stored.read(name + ".V").double().T
+            if name + ".whole" in stored:
+                delta = stored.read(name + ".whole").double()
+            else:
+                delta = stored.read(name + ".US").double() @ stored.read(name + ".V").double().T
             tensors[name] = (weight.float() + self.config.alpha * delta.float()).to(weight.dtype)
         tensors.update(read_all(model.tensor_file(f"{folder}/{ACTION_EXPERT_FILE}")))
         return tensors

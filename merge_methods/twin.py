@@ -21,7 +21,8 @@ per task; our action expert, which has no pretrained base, is kept per skill lik
 
 Stored: the shared VLM (theta_0 + tau*, whole, base dtype), per skill its twin factors ``U S`` (m x k) and
 ``V`` (n x k) per target in the base dtype, its action expert and norm stats. When k covers the rank of
-tau_t - tau* (at most (T + 1) r for LoRA experts), each skill gets its expert back exactly.
+tau_t - tau* (at most (T + 1) r for LoRA experts), each skill gets its expert back exactly. A target that is
+not a matrix (norms and biases, which only a full fine-tune changes) has no SVD: its twin is stored whole.
 
 Defaults and sources: ``shared_scale = 0.29`` (``twin_merge.yml``: ``second_merge_config.scaling``),
 ``mask_rate = 0.9`` (``scripts.sh``: the share of the rank removed; the code keeps 1 - mask_rate).
@@ -35,7 +36,7 @@ from typing import Any
 
 import torch
 
-from vlamergebench.merge_methods.base import OneShotMethod
+from vlamergebench.merge_methods.base import OneShotMethod, TaskVectors
 from vlamergebench.merge_methods.config import MethodConfig, check_choice, check_fraction
 from vlamergebench.merge_methods.io import AtomicDirectory, StreamingSafetensorsWriter, open_views
 from vlamergebench.merge_methods.lowrank import LowRank, concatenated, task_factors, thin_svd
@@ -89,8 +90,14 @@ class TwinMerging(OneShotMethod[TwinConfig]):
         base, views = open_views(experts.base, experts.experts, config.task_vectors)
         vlm, targets = base.file(VLM_FILE), target_names(base, views)
         twins: dict[str, list[LowRank]] = {}
+        whole: dict[str, list[torch.Tensor]] = {}  # twins of tensors that are not matrices
 
         def shared_delta(name: str, weight: torch.Tensor) -> torch.Tensor:
+            if weight.ndim != 2:
+                stacked = TaskVectors(name, weight, views).stacked()
+                shared = stacked.sum(dim=0).mul_(config.shared_scale)
+                whole[name] = list(stacked - shared)
+                return shared
             factors = [task_factors(view, name, weight) for view in views]
             twins[name] = twin_factors(factors, config.shared_scale, config.mask_rate)
             return concatenated(factors).dense().mul_(config.shared_scale)
@@ -98,18 +105,19 @@ class TwinMerging(OneShotMethod[TwinConfig]):
         write_vlm(work.file(VLM_FILE), base, shared_delta, targets, progress)
         head = base.file(ACTION_EXPERT_FILE).names
         for index, view in enumerate(views):
-            specs = []
+            parts: dict[str, torch.Tensor] = {}
             for name in targets:
-                twin = twins[name][index]
-                specs += [(name + ".US", vlm.dtype(name), twin.left.shape),
-                          (name + ".V", vlm.dtype(name), twin.right.T.shape)]  # fmt: skip
+                if name in whole:
+                    parts[name + ".whole"] = whole[name][index]
+                else:
+                    parts[name + ".US"] = twins[name][index].left
+                    parts[name + ".V"] = twins[name][index].right.T
+            specs = [(part, vlm.dtype(part.rsplit(".", 1)[0]), t.shape) for part, t in parts.items()]
             with StreamingSafetensorsWriter(work.file(f"{skill_dir(index)}/{TWIN_FILE}"), specs) as writer:
-                for name in targets:
-                    twin = twins[name][index]
-                    writer.write(name + ".US", twin.left.to(vlm.dtype(name)).contiguous())
-                    writer.write(name + ".V", twin.right.T.to(vlm.dtype(name)).contiguous())
+                for part, tensor in parts.items():
+                    writer.write(part, tensor.to(vlm.dtype(part.rsplit(".", 1)[0])).contiguous())
             copy_action_expert(work.file(f"{skill_dir(index)}/{ACTION_EXPERT_FILE}"), view, head)
-        return {"twin_rank": {name: twins[name][0].left.shape[1] for name in targets}}
+        return {"twin_rank": {name: twins[name][0].left.shape[1] for name in targets if name in twins}}
 
     def instantiate(self, model: MergedModel, skill: str) -> dict[str, torch.Tensor]:
         """``theta_0 + tau* + v_m`` on the targets; the skill's own action expert."""
@@ -118,7 +126,10 @@ class TwinMerging(OneShotMethod[TwinConfig]):
         stored = model.tensor_file(f"{folder}/{TWIN_FILE}")
         for name in {n.rsplit(".", 1)[0] for n in stored.names}:
             weight = tensors[name]
-            twin = stored.read(name + ".US").float() @ stored.read(name + ".V").float().T
+            if name + ".whole" in stored:
+                twin = stored.read(name + ".whole").float()
+            else:
+                twin = stored.read(name + ".US").float() @ stored.read(name + ".V").float().T
             tensors[name] = (weight.float() + twin).to(weight.dtype)
         tensors.update(read_all(model.tensor_file(f"{folder}/{ACTION_EXPERT_FILE}")))
         return tensors

@@ -154,20 +154,32 @@ class CheckpointDir:
                 raise CheckpointError(f"{where}: missing field {key!r}")
         if config["role"] not in ROLES:
             raise CheckpointError(f"{where}: field 'role' must be one of {ROLES}, got {config['role']!r}")
+        if config["role"] == "expert" and "lora" not in config:
+            raise CheckpointError(
+                f"{where}: an expert needs field 'lora': rank, alpha and targets, or null for a dense expert "
+                f"(a full fine-tune, whose weights are in {DENSE_FILE})"
+            )
+        lora = config.get("lora")
         required = [ACTION_EXPERT_FILE, NORM_STATS_FILE, INSTRUCTIONS_FILE]
-        required.append(VLM_FILE if config["role"] == "base" else LORA_FILE)
+        if config["role"] == "base":
+            required.append(VLM_FILE)
+        else:
+            required.append(DENSE_FILE if lora is None else LORA_FILE)
         for name in required:
             if not (path / name).is_file():
-                raise CheckpointError(f"{path}: {config['role']} checkpoint lacks {name}")
-        if config["role"] == "expert" and not config.get("lora"):
-            raise CheckpointError(f"{where}: an expert needs field 'lora' with rank, alpha and targets")
-        lora = config.get("lora")
-        if config["role"] == "expert" and not (
-            isinstance(lora, dict)
-            and type(lora.get("rank")) is int
-            and lora["rank"] >= 1
-            and isinstance(lora.get("alpha"), int | float)
-            and math.isfinite(lora["alpha"])
+                dense = config["role"] == "expert" and lora is None
+                kind = "dense expert ('lora': null)" if dense else f"{config['role']} checkpoint"
+                raise CheckpointError(f"{path}: {kind} lacks {name}")
+        if (
+            config["role"] == "expert"
+            and lora is not None
+            and not (
+                isinstance(lora, dict)
+                and type(lora.get("rank")) is int
+                and lora["rank"] >= 1
+                and isinstance(lora.get("alpha"), int | float)
+                and math.isfinite(lora["alpha"])
+            )
         ):
             raise CheckpointError(
                 f"{where}: field 'lora' must hold an integer rank >= 1 and a finite alpha, "
@@ -197,9 +209,23 @@ class CheckpointDir:
         return None if skill is None else str(skill["name"])
 
     @property
+    def is_dense_expert(self) -> bool:
+        """Whether this is a dense expert: a full fine-tune, its weights in ``dense.safetensors``, no LoRA."""
+        return self.role == "expert" and self.config.get("lora") is None
+
+    @property
+    def task_vector_file(self) -> str:
+        """The file an expert's task vector comes from: ``lora.safetensors``, or a dense expert's weights."""
+        return DENSE_FILE if self.is_dense_expert else LORA_FILE
+
+    @property
     def lora_scale(self) -> float:
-        """``alpha / rank`` of the expert's LoRA (PEFT convention)."""
-        lora = self.config["lora"]
+        """``alpha / rank`` of the expert's LoRA (PEFT convention); a dense expert has none and raises."""
+        lora = self.config.get("lora")
+        if not lora:
+            raise CheckpointError(
+                f"{self.path}: a dense expert (full fine-tune, {DENSE_FILE}) has no LoRA factors or scale"
+            )
         return float(lora["alpha"]) / float(lora["rank"])
 
     def file(self, name: str) -> Path:
@@ -340,7 +366,7 @@ class ExpertSet:
         digest = hashlib.sha256(self.base.base_id.encode())
         for expert in self.experts:
             digest.update(json.dumps(dict(expert.config), sort_keys=True).encode())
-            digest.update(file_sha256(expert.file(LORA_FILE)).encode())
+            digest.update(file_sha256(expert.file(expert.task_vector_file)).encode())
             digest.update(file_sha256(expert.file(ACTION_EXPERT_FILE)).encode())
         return digest.hexdigest()[:16]
 

@@ -184,15 +184,21 @@ def load_model(
 ) -> tuple[VLA, CheckpointDir]:
     """Build the model of a base or expert checkpoint, strictly and with the stored dtypes.
 
-    An expert gets peft LoRA layers carrying its factors (``fold=False``) or has them merged (``fold=True``).
+    An expert gets peft LoRA layers carrying its factors (``fold=False``) or has them merged (``fold=True``);
+    a dense expert (a full fine-tune) is the base with its ``dense.safetensors`` tensors in place.
     """
     checkpoint, base_dir = open_pair(path, base)
     model = build_model(policy_config(checkpoint), seed=0)
     vlm = read_tensors(base_dir.file(ckpt.VLM_FILE))
+    dtype = next(iter(vlm.values())).dtype
     head = read_tensors(checkpoint.file(ckpt.ACTION_EXPERT_FILE))
-    load_tensors(model, {**vlm, **head}, f"{base_dir.path} + {checkpoint.file(ckpt.ACTION_EXPERT_FILE)}")
-    model.to(next(iter(vlm.values())).dtype)
-    if checkpoint.role == "expert":
+    sources = f"{base_dir.path} + {checkpoint.file(ckpt.ACTION_EXPERT_FILE)}"
+    if checkpoint.is_dense_expert:
+        vlm.update(_dense_weights(checkpoint, vlm))
+        sources += f" + {checkpoint.file(ckpt.DENSE_FILE)}"
+    load_tensors(model, {**vlm, **head}, sources)
+    model.to(dtype)
+    if checkpoint.role == "expert" and not checkpoint.is_dense_expert:
         stored = checkpoint.config["lora"]
         settings = model.config.lora
         if (int(stored["rank"]), float(stored["alpha"])) != (settings.rank, settings.alpha):
@@ -210,12 +216,32 @@ def load_model(
 
 
 def expert_state_dict(path: str | os.PathLike[str], base: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """An expert as one tensor dict in the base namespace: base VLM + (B @ A) * alpha / r, and its head."""
+    """An expert as one tensor dict in the base namespace: base VLM + (B @ A) * alpha / r, and its head.
+
+    A dense expert gives its own VLM tensors in place of the folded LoRA.
+    """
     checkpoint, base_dir = open_pair(path, base)
     vlm = read_tensors(base_dir.file(ckpt.VLM_FILE))
-    factors = read_tensors(checkpoint.file(ckpt.LORA_FILE))
-    dense = fold_factors(vlm, factors, checkpoint.lora_scale)
+    if checkpoint.is_dense_expert:
+        dense = _dense_weights(checkpoint, vlm)
+    else:
+        factors = read_tensors(checkpoint.file(ckpt.LORA_FILE))
+        dense = fold_factors(vlm, factors, checkpoint.lora_scale)
     return {**vlm, **dense, **read_tensors(checkpoint.file(ckpt.ACTION_EXPERT_FILE))}
+
+
+def _dense_weights(checkpoint: CheckpointDir, vlm: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A dense expert's VLM tensors, each checked against the base's name, shape and dtype."""
+    path = checkpoint.file(ckpt.DENSE_FILE)
+    dense = read_tensors(path)
+    for name, tensor in dense.items():
+        reference = vlm.get(name)
+        if reference is None or (reference.shape, reference.dtype) != (tensor.shape, tensor.dtype):
+            expected = "absent" if reference is None else f"{reference.dtype} {list(reference.shape)}"
+            raise CheckpointError(
+                f"{path}: tensor {name} is {tensor.dtype} {list(tensor.shape)}; in the base it is {expected}"
+            )
+    return dense
 
 
 # --- released upstream layouts ------------------------------------------------------------------------------
@@ -271,20 +297,43 @@ def _one(directory: Path, pattern: str) -> Path:
     return found[0]
 
 
+def read_model_directory(directory: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Every tensor of a HF-style directory: ``model.safetensors``, or the shards its index lists."""
+    directory = Path(directory)
+    index = directory / "model.safetensors.index.json"
+    if not index.is_file():
+        return read_tensors(directory / "model.safetensors")
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{index}: not a safetensors index with a 'weight_map' ({error})") from None
+    return {k: v for shard in shards for k, v in read_tensors(directory / shard).items()}
+
+
+def rename_released(raw: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
+    """Released HF VLA tensor names into ours (the tied ``lm_head`` dropped); an unknown prefix raises."""
+    return {_rename(k, _HF_VLM_RENAMES, source): v for k, v in raw.items() if not _DROPPED.match(k)}
+
+
+def read_released_weights(directory: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The ``model.safetensors`` (or its shards) of a released HF VLA / VLM directory, in our names.
+
+    That is the VLM and, for a VLA, the action queries.
+    """
+    return rename_released(read_model_directory(directory), str(directory))
+
+
+def has_released_head(directory: str | os.PathLike[str]) -> bool:
+    """Whether a released directory holds an action head (``action_head--*checkpoint.pt``): a VLA."""
+    return any(Path(directory).glob("action_head--*checkpoint.pt"))
+
+
 def read_released_vla(
     directory: str | os.PathLike[str], unnorm_key: str | None = None
 ) -> tuple[dict[str, Tensor], NormStats]:
     """A released VLA-Adapter / MergeVLA expert directory as our tensor dict (base namespace) and stats."""
     directory = Path(directory)
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        raw = {k: v for shard in shards for k, v in read_tensors(directory / shard).items()}
-    else:
-        raw = read_tensors(directory / "model.safetensors")
-    tensors = {
-        _rename(k, _HF_VLM_RENAMES, str(directory)): v for k, v in raw.items() if not _DROPPED.match(k)
-    }
+    tensors = read_released_weights(directory)
     head_path = _one(directory, "action_head--*checkpoint.pt")
     for name, value in _torch_tensors(head_path).items():
         name = name.removeprefix("module.")
@@ -294,10 +343,11 @@ def read_released_vla(
     proprio_path = _one(directory, "proprio_projector--*checkpoint.pt")
     for name, value in _torch_tensors(proprio_path).items():
         tensors["proprio_projector." + name.removeprefix("module.")] = value
-    return tensors, _released_stats(directory / "dataset_statistics.json", unnorm_key)
+    return tensors, read_released_stats(directory / "dataset_statistics.json", unnorm_key)
 
 
-def _released_stats(path: Path, unnorm_key: str | None) -> NormStats:
+def read_released_stats(path: Path, unnorm_key: str | None) -> NormStats:
+    """The statistics of one dataset (``unnorm_key``; may be omitted when there is one) of a release."""
     if not path.is_file():
         raise CheckpointError(f"{path}: file is missing")
     stats = json.loads(path.read_text())

@@ -10,6 +10,7 @@ Examples:
     vlamergebench train --demos demos/libero_object_task0.hdf5 --base base/ --out experts/object0
     vlamergebench run --method carve
     vlamergebench leaderboard runs/carve --out leaderboards/default
+    vlamergebench export runs/carve --format parquet --out exports/carve
 """
 
 from __future__ import annotations
@@ -23,6 +24,17 @@ from vlamergebench import subcommands  # stdlib-only: what users bring (methods,
 # Each subcommand: (one-line help, function adding its options, function running it). Handlers live below,
 # one pair per subcommand, so that adding a subcommand is adding one pair and one entry here.
 Handler = Callable[[argparse.Namespace], int]
+
+
+def non_negative_int(text: str) -> int:
+    """The ``type`` of flags where 0 means none."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -302,6 +314,7 @@ def _run_merge(args: argparse.Namespace) -> int:
     from vlamergebench.merge_methods.registry import make_method
     from vlamergebench.plugins import PluginError
     from vlamergebench.policies.checkpoint import CheckpointError, ExpertSet
+    from vlamergebench.registry import UnknownNameError
 
     keep_freed_memory()  # reuse freed tensor buffers instead of re-faulting fresh pages (merge_methods/io.py)
 
@@ -323,9 +336,10 @@ def _run_merge(args: argparse.Namespace) -> int:
         merged = method.merge(
             experts, args.out, overwrite=args.overwrite, progress=not args.no_progress, **extra
         )
-    except (KeyError, ConfigError, CheckpointError, MergeInputError, FileExistsError, PluginError) as error:
-        message = error.args[0] if isinstance(error, KeyError) else error
-        print(f"vlamergebench merge: error: {message}", file=sys.stderr)
+    except (
+        UnknownNameError, ConfigError, CheckpointError, MergeInputError, FileExistsError, PluginError
+    ) as error:  # fmt: skip
+        print(f"vlamergebench merge: error: {error}", file=sys.stderr)
         return 2
     storage = merged.storage
     print(f"{merged.path}: {merged.method_name}, config {merged.config_hash}, {len(merged.skills)} skills")
@@ -425,6 +439,15 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
         help="also rerun stored episodes that ended in a simulator error (episodes whose worker process "
         "died are always rerun)",
     )
+    parser.add_argument(
+        "--record-videos",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="save the first N episodes of every task as MP4 under OUT/videos, one frame per observation the "
+        "policy reads (no extra rendering), shown on the leaderboard page (pip install "
+        "'vlamergebench[video]'; docs/leaderboards.md); default 0",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     # --- evaluation at scale (docs/scaling.md) ---
     parser.add_argument(
@@ -469,6 +492,7 @@ def _run_run(args: argparse.Namespace) -> int:
     from vlamergebench.eval.workers import WorkerError
     from vlamergebench.leaderboards.registry import build_leaderboards
     from vlamergebench.policies.checkpoint import CheckpointError
+    from vlamergebench.registry import UnknownNameError
 
     started = time.monotonic()
     out = args.out or default_out(args.method)
@@ -498,15 +522,21 @@ def _run_run(args: argparse.Namespace) -> int:
             tokenizer_dir=args.tokenizer_dir,
             device=args.device,
             dtype=args.dtype,
+            record_videos=args.record_videos,
         )
         summaries = run_command(config)
         build_leaderboards([out], Path(out) / "leaderboard")
         summary = write_summary(out, Path(out) / SUMMARY_FILE)
     except (
-        CheckpointError, StoreError, ValueError, KeyError, FileNotFoundError, FileExistsError, WorkerError
-    ) as error:  # fmt: skip
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"vlamergebench run: error: {message}", file=sys.stderr)
+        CheckpointError,
+        StoreError,
+        ValueError,
+        UnknownNameError,
+        FileNotFoundError,
+        FileExistsError,
+        WorkerError,
+    ) as error:
+        print(f"vlamergebench run: error: {error}", file=sys.stderr)
         return 1
     ran = sum(summary.ran for summary in summaries)
     episodes = sum(summary.episodes for summary in summaries)
@@ -604,6 +634,7 @@ def _run_leaderboard(args: argparse.Namespace) -> int:
     from vlamergebench.eval.bundle import BundleError, write_bundle
     from vlamergebench.eval.store import StoreError
     from vlamergebench.leaderboards.registry import build_leaderboards
+    from vlamergebench.registry import UnknownNameError
 
     try:
         only = None if args.only is None else [name.strip() for name in args.only.split(",") if name.strip()]
@@ -613,9 +644,8 @@ def _run_leaderboard(args: argparse.Namespace) -> int:
                 raise ValueError(f"--export-bundle takes exactly one SOURCE store, got {len(args.sources)}")
             bundle = write_bundle(args.sources[0], args.export_bundle, args.description)
             written["bundle"] = [bundle]
-    except (StoreError, BundleError, ValueError, KeyError, FileExistsError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"vlamergebench leaderboard: error: {message}", file=sys.stderr)
+    except (StoreError, BundleError, ValueError, UnknownNameError, FileExistsError) as error:
+        print(f"vlamergebench leaderboard: error: {error}", file=sys.stderr)
         return 1
     subcommands.print_leaderboard(args.out)
     print()
@@ -657,6 +687,7 @@ def _run_build_default_experts(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vlamergebench.eval.own_success import success_by_task
+    from vlamergebench.experts.acceptance import AcceptanceError
     from vlamergebench.experts.default_v2 import ACCEPTANCE_EPISODES, build_default_experts_v2
 
     runs = Path(args.out).with_name(Path(args.out).name + ".acceptance")
@@ -671,14 +702,18 @@ def _run_build_default_experts(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
 
-    build_default_experts_v2(
-        args.out,
-        threads=args.threads,
-        jobs=args.jobs,
-        measure_success=measure,
-        progress=not args.no_progress,
-        stop_before=args.stop_before,
-    )
+    try:
+        build_default_experts_v2(
+            args.out,
+            threads=args.threads,
+            jobs=args.jobs,
+            measure_success=measure,
+            progress=not args.no_progress,
+            stop_before=args.stop_before,
+        )
+    except AcceptanceError as error:  # a measured result, not a crash: one line, every stage kept
+        print(f"vlamergebench build-default-experts: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -719,6 +754,11 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Han
         subcommands.add_import_experts,
         subcommands.run_import_experts,
     ),
+    "import-base": (
+        "write a base checkpoint from a released VLA-Adapter / MergeVLA (VLA or VLM) directory",
+        subcommands.add_import_base,
+        subcommands.run_import_base,
+    ),
     "build-default-experts": (
         "rebuild the embedded default expert set (scripted demos, base, experts, acceptance checks)",
         _add_build_default_experts,
@@ -733,6 +773,11 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Han
         "build success, storage and forgetting leaderboards from results stores",
         _add_leaderboard,
         _run_leaderboard,
+    ),
+    "export": (
+        "write results as Parquet with a Hugging Face dataset card (upload with the Hub's own client)",
+        subcommands.add_export,
+        subcommands.run_export,
     ),
 }
 

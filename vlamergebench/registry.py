@@ -33,6 +33,17 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
+class UnknownNameError(KeyError):
+    """A name (a method, a router, a preset, a builder) that the registry does not hold: bad input.
+
+    A ``KeyError``, so a lookup reads like a mapping's, but its own type, so a command line reports exactly
+    this as one line while a ``KeyError`` from a bug keeps its traceback.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""  # KeyError's own str() would quote the message
+
+
 @dataclass(frozen=True)
 class Spec:
     """What a registry knows about one entry.
@@ -113,14 +124,14 @@ class Registry:
         return spec
 
     def spec(self, name: str) -> Spec:
-        """Return the spec of ``name``; an unknown name raises ``KeyError`` listing the known ones."""
+        """The spec of ``name``; an unknown name raises :class:`UnknownNameError` listing the known ones."""
         if name not in self._specs:
             self._discover(again=True)
         try:
             return self._specs[name]
         except KeyError:
             known = ", ".join(sorted(self._specs)) or "(none)"
-            raise KeyError(f"unknown {self.kind} {name!r}; registered: {known}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; registered: {known}") from None
 
     def names(self) -> list[str]:
         """All registered names, in registration order (installed plug-ins last)."""

@@ -1,4 +1,7 @@
-"""Subcommands for what users bring: ``methods`` (the catalogue, plug-ins included) and ``eval``.
+"""Subcommands for what users bring and take away: ``methods``, ``eval`` and ``export``.
+
+``methods`` lists the catalogue (plug-ins included), ``eval`` evaluates without merging, ``export`` writes
+results as Parquet with a Hub dataset card.
 
 Also the one method-override syntax ``merge`` and ``run`` share (:func:`add_override_options`,
 :func:`method_overrides`). Kept apart from ``cli.py`` so that each pair (options, handler) stays short; the
@@ -104,7 +107,11 @@ def add_methods(parser: argparse.ArgumentParser) -> None:
 
 
 def describe_method(name: str) -> dict[str, Any]:
-    """One method's catalogue entry: metadata, source and config fields with their defaults."""
+    """One method's catalogue entry: metadata, source, config fields with their defaults.
+
+    ``needs_lora_factors``: the method refuses dense experts (full fine-tunes); it works on LoRA factors.
+    """
+    from vlamergebench.merge_methods.registry import make_method
     from vlamergebench.plugins import config_fields, method_metadata, method_source
 
     return {
@@ -112,6 +119,7 @@ def describe_method(name: str) -> dict[str, Any]:
         **method_metadata(name),
         "source": method_source(name),
         "config": config_fields(name),
+        "needs_lora_factors": bool(getattr(make_method(name), "needs_lora_factors", False)),
     }
 
 
@@ -119,12 +127,12 @@ def run_methods(args: argparse.Namespace) -> int:
     """Print the catalogue (``--json``: as one document)."""
     from vlamergebench.merge_methods.registry import METHODS, ROUTERS
     from vlamergebench.plugins import PluginError
+    from vlamergebench.registry import UnknownNameError
 
     try:
         entries = [describe_method(name) for name in (args.names or METHODS.names())]
-    except (KeyError, PluginError) as error:
-        message = error.args[0] if isinstance(error, KeyError) else error
-        print(f"vlamergebench methods: error: {message}", file=sys.stderr)
+    except (UnknownNameError, PluginError) as error:
+        print(f"vlamergebench methods: error: {error}", file=sys.stderr)
         return 2
     routers = [{"name": spec.name, **dict(spec.metadata)} for spec in ROUTERS]
     if args.json:
@@ -138,7 +146,10 @@ def run_methods(args: argparse.Namespace) -> int:
         print(f"{entry['name']}{plugin}")
         identity = "yes" if entry["needs_task_identity"] else "no"
         router = entry["router"] or "none (oracle or a named router)"
-        print(f"    kind {entry['kind']}, needs task identity: {identity}, router: {router}")
+        experts = "LoRA only" if entry["needs_lora_factors"] else "LoRA or dense"
+        print(
+            f"    kind {entry['kind']}, needs task identity: {identity}, router: {router}, experts: {experts}"
+        )
         print(f"    paper: {paper}{arxiv}")
         fields = ", ".join(f"{field['name']}={json.dumps(field['default'])}" for field in entry["config"])
         print(f"    config: {fields or '(none)'}")
@@ -187,6 +198,13 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-steps", type=int, default=None, help="cap on steps per episode")
     parser.add_argument("--image-size", type=int, default=None, help="camera resolution in pixels")
+    parser.add_argument(
+        "--record-videos",
+        type=int,
+        default=0,
+        metavar="N",
+        help="save the first N episodes of every task as MP4 under OUT/videos (as run; default 0)",
+    )
     add_runtime_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -202,6 +220,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from vlamergebench.eval.workers import WorkerError
     from vlamergebench.leaderboards.registry import build_leaderboards
     from vlamergebench.policies.checkpoint import CheckpointError
+    from vlamergebench.registry import UnknownNameError
 
     started = time.monotonic()
     kind = "merged" if args.merged else "checkpoint" if args.checkpoint else "policy"
@@ -225,14 +244,20 @@ def run_eval(args: argparse.Namespace) -> int:
             tokenizer_dir=args.tokenizer_dir,
             device=args.device,
             dtype=args.dtype,
+            record_videos=args.record_videos,
         )
         summaries = evaluate(config)
         build_leaderboards([config.out], Path(config.out) / "leaderboard")
     except (
-        CheckpointError, StoreError, ValueError, KeyError, FileNotFoundError, PolicyContractError, WorkerError
-    ) as error:  # fmt: skip
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"vlamergebench eval: error: {message}", file=sys.stderr)
+        CheckpointError,
+        StoreError,
+        ValueError,
+        UnknownNameError,
+        FileNotFoundError,
+        PolicyContractError,
+        WorkerError,
+    ) as error:
+        print(f"vlamergebench eval: error: {error}", file=sys.stderr)
         return 1
     print_leaderboard(str(Path(config.out) / "leaderboard"))
     ran = sum(summary.ran for summary in summaries)
@@ -251,20 +276,26 @@ def add_import_experts(parser: argparse.ArgumentParser) -> None:
         'SPEC is JSON: {"name": "my-set", "experts": [{"peft": "adapters/object_0", "skill": {"name": '
         '"object_0", "suite": "libero_object", "task_id": 0, "env_id": "vlamergebench/LIBERO-Object-v0"}, '
         '"instructions": ["..."]}, {"released": "MergeVLA-goal/", "unnorm_key": "libero_goal_no_noops", '
-        '"skill": {...}}]} (docs/plugins.md, "Importing experts")'
+        '"skill": {...}}, {"dense": "finetune/model.safetensors", "skill": {...}}]} '
+        '(docs/plugins.md, "Importing experts")'
     )
     parser.add_argument("--base", required=True, metavar="DIR", help="the base checkpoint the experts share")
     parser.add_argument("--spec", required=True, metavar="JSON", help="the experts to import (JSON file)")
     parser.add_argument("--out", required=True, metavar="DIR", help="expert-set directory to write")
 
 
-_SPEC_KEYS = {"peft", "released", "skill", "instructions", "unnorm_key", "action_expert"}
+_SOURCES = ("peft", "released", "dense")
+_SPEC_KEYS = {*_SOURCES, "skill", "instructions", "unnorm_key", "action_expert", "norm_stats"}
 
 
 def run_import_experts(args: argparse.Namespace) -> int:
     """Import every expert of the spec and write ``expert_set.json``."""
-    from vlamergebench.experts.importers import import_peft_adapter, import_released_expert
-    from vlamergebench.policies.checkpoint import CheckpointDir, CheckpointError, write_expert_set
+    from vlamergebench.experts.importers import (
+        import_dense_finetune,
+        import_peft_adapter,
+        import_released_expert,
+    )
+    from vlamergebench.policies.checkpoint import CheckpointDir, CheckpointError, NormStats, write_expert_set
 
     try:
         spec_path = Path(args.spec)
@@ -282,10 +313,10 @@ def run_import_experts(args: argparse.Namespace) -> int:
         for index, entry in enumerate(spec["experts"]):
             where = f"{spec_path}: experts[{index}]"
             unknown = sorted(set(entry) - _SPEC_KEYS) if isinstance(entry, dict) else ["(not an object)"]
-            kinds = [key for key in ("peft", "released") if isinstance(entry, dict) and key in entry]
+            kinds = [key for key in _SOURCES if isinstance(entry, dict) and key in entry]
             if unknown or len(kinds) != 1 or not isinstance(entry.get("skill"), dict):
                 raise ValueError(
-                    f"{where}: needs exactly one of 'peft' / 'released' and a 'skill' object; "
+                    f"{where}: needs exactly one of 'peft' / 'released' / 'dense' and a 'skill' object; "
                     f"unknown keys {unknown}"
                 )
             skill = entry["skill"]
@@ -295,25 +326,153 @@ def run_import_experts(args: argparse.Namespace) -> int:
             source = spec_path.parent / entry[kinds[0]]
             target = out / str(skill["name"])
             instructions = list(entry.get("instructions", []))
+            action_expert = entry.get("action_expert")
+            head = None if action_expert is None else spec_path.parent / action_expert
+            stats = None
+            if entry.get("norm_stats") is not None:
+                stats_path = spec_path.parent / entry["norm_stats"]
+                try:
+                    stats = NormStats.from_dict(json.loads(stats_path.read_text()), str(stats_path))
+                except (OSError, json.JSONDecodeError) as error:
+                    raise ValueError(
+                        f"{where}: norm_stats {stats_path}: not a readable JSON file ({error})"
+                    ) from None
             if kinds[0] == "peft":
-                action_expert = entry.get("action_expert")
                 expert = import_peft_adapter(
-                    source, base, target, skill=skill, instructions=instructions,
-                    action_expert=None if action_expert is None else spec_path.parent / action_expert,
+                    source, base, target, skill=skill, instructions=instructions, action_expert=head,
+                    norm_stats=stats,
+                )  # fmt: skip
+            elif kinds[0] == "dense":
+                expert = import_dense_finetune(
+                    source, base, target, skill=skill, instructions=instructions, action_expert=head,
+                    norm_stats=stats,
                 )  # fmt: skip
             else:
                 expert = import_released_expert(
                     source, base, target, skill=skill, instructions=instructions,
                     unnorm_key=entry.get("unnorm_key"),
                 )  # fmt: skip
-            rank = expert.config["lora"]["rank"]
-            print(f"{expert.path}: skill {skill['name']!r} from {source} (LoRA rank {rank})")
+            if expert.is_dense_expert:
+                changed = expert.config["provenance"]["dense_tensors"]
+                what = f"dense: {changed} VLM tensors differ from the base"
+            else:
+                what = f"LoRA rank {expert.config['lora']['rank']}"
+            print(f"{expert.path}: skill {skill['name']!r} from {source} ({what})")
             written.append(expert.path)
         experts = write_expert_set(out, str(spec.get("name") or out.name), base.path, written)
     except (CheckpointError, ValueError, FileExistsError) as error:
         print(f"vlamergebench import-experts: error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {experts.path / 'expert_set.json'}: {len(experts.experts)} experts, id {experts.id}")
+    return 0
+
+
+# --- import-base -----------------------------------------------------------------------------------------
+def add_import_base(parser: argparse.ArgumentParser) -> None:
+    """Options of ``vlamergebench import-base``."""
+    parser.epilog = (
+        "e.g. vlamergebench import-base --released VLA-Adapter-LIBERO-Object/ --preset reference "
+        "--policy-config '{\"gripper_open_is_one\": true}' --unnorm-key libero_object_no_noops --out base/ "
+        '(docs/plugins.md, "A base from released weights")'
+    )
+    parser.add_argument(
+        "--released",
+        required=True,
+        metavar="DIR",
+        help="a released VLA-Adapter / MergeVLA directory: model.safetensors (or shards) in the HF key "
+        "layout, with action_head--* / proprio_projector--* checkpoint.pt and dataset_statistics.json for a "
+        "VLA; model.safetensors alone for a VLM (its action expert is then initialised from seeds)",
+    )
+    parser.add_argument("--preset", required=True, help="the policy preset of its architecture (reference)")
+    parser.add_argument(
+        "--policy-config",
+        metavar="JSON",
+        help="overrides of the preset's policy config, JSON text or @file.json (as 'train --preset')",
+    )
+    parser.add_argument("--unnorm-key", help="the dataset of dataset_statistics.json (when it has several)")
+    parser.add_argument(
+        "--instructions", nargs="*", default=[], help="the instructions the base was trained on"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="base checkpoint directory to write")
+
+
+def run_import_base(args: argparse.Namespace) -> int:
+    """Convert the release into a base checkpoint and print its id."""
+    from vlamergebench.experts.importers import import_released_base
+    from vlamergebench.policies.checkpoint import CheckpointError
+    from vlamergebench.policies.config import ConfigError
+    from vlamergebench.policies.registry import make_config
+
+    try:
+        text = args.policy_config or "{}"
+        try:
+            overrides = json.loads(Path(text[1:]).read_text() if text.startswith("@") else text)
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"--policy-config {text!r}: not JSON text or @file.json ({error})") from None
+        policy = make_config(args.preset, overrides)
+        base = import_released_base(
+            args.released, args.out, policy=policy, unnorm_key=args.unnorm_key, instructions=args.instructions
+        )
+    except (CheckpointError, ConfigError, KeyError, ValueError, FileExistsError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"vlamergebench import-base: error: {message}", file=sys.stderr)
+        return 1
+    head = base.config["provenance"]["head"]
+    print(f"wrote base {base.path} (policy {policy.name!r}, head from the {head}), base_id {base.base_id}")
+    return 0
+
+
+# --- export --------------------------------------------------------------------------------------------
+def add_export(parser: argparse.ArgumentParser) -> None:
+    """Options of ``vlamergebench export``."""
+    parser.epilog = (
+        "writes OUT/README.md (a Hugging Face dataset card), OUT/data/{episodes,runs,storage,videos}.parquet "
+        "and OUT/videos/ (the MP4 files of recorded rollouts); upload with the Hub's own client, e.g. "
+        "'hf upload OWNER/NAME OUT . --repo-type=dataset'; 'vlamergebench leaderboard OUT' reads it back"
+    )
+    parser.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="results to export: a run's output directory, a .sqlite store, a results bundle or an export",
+    )
+    parser.add_argument("--format", required=True, choices=("parquet",), help="output format (parquet)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="the export directory to create (new)")
+    parser.add_argument(
+        "--license",
+        default="cc-by-4.0",
+        metavar="ID",
+        help="license of the exported data, as a Hub license id, written into the card (default cc-by-4.0)",
+    )
+    parser.add_argument(
+        "--no-videos", action="store_true", help="leave the MP4 files out (their rows and posters stay)"
+    )
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Write the export and print what it holds."""
+    import shlex
+
+    from vlamergebench.eval.bundle import BundleError
+    from vlamergebench.eval.export import ExportError, export_parquet
+    from vlamergebench.eval.store import StoreError
+
+    options = ["--format", args.format, "--out", args.out, "--license", args.license]
+    command = shlex.join(
+        ["vlamergebench", "export", *args.sources, *options, *(["--no-videos"] * args.no_videos)]
+    )
+    try:
+        summary = export_parquet(
+            args.sources, args.out, command=command, license_id=args.license, copy_videos=not args.no_videos
+        )
+    except (StoreError, BundleError, ExportError, FileExistsError) as error:
+        print(f"vlamergebench export: error: {error}", file=sys.stderr)
+        return 1
+    rows = ", ".join(f"{count} {table}" for table, count in summary.rows.items())
+    print(f"exported {rows} to {summary.out}")
+    if summary.videos_copied or summary.videos_missing:
+        print(f"videos: {summary.videos_copied} MP4 files copied, {summary.videos_missing} not (poster only)")
+    print(f"dataset card: {summary.out / 'README.md'}")
     return 0
 
 

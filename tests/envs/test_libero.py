@@ -61,7 +61,7 @@ def test_every_registered_suite_lists_tasks_that_fit_the_text_space(env_id):
     tasks = LiberoEnv.list_tasks(**gym.spec(env_id).kwargs)
     expected = 90 if "90" in env_id else 10
     assert [t["task_id"] for t in tasks] == list(range(expected))
-    text = gym.spaces.Text(256, min_length=1, charset=vlamergebench.envs.libero.INSTRUCTION_CHARSET)
+    text = gym.spaces.Text(256, min_length=1, charset=vlamergebench.envs.contract.INSTRUCTION_CHARSET)
     for task in tasks:
         assert task["instruction"] in text, task
 

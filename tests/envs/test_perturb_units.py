@@ -12,7 +12,8 @@ from gymnasium.envs.registration import load_env_creator
 from scipy.spatial.transform import Rotation
 
 import vlamergebench.envs  # noqa: F401  (registers the ids)
-from vlamergebench.envs.libero import INSTRUCTION_CHARSET, LiberoEnv
+from vlamergebench.envs.contract import INSTRUCTION_CHARSET
+from vlamergebench.envs.libero import LiberoEnv
 from vlamergebench.envs.perturb import camera, language, layout, noise, robot_init, suites
 from vlamergebench.envs.perturb.config import AXES, NOISE_KINDS, PerturbationConfig
 

@@ -55,7 +55,7 @@ def test_tiny_vla_batched_actions_equal_one_by_one():
     assert not np.allclose(batched[0], batched[1])  # the rows are not one repeated answer
 
 
-def _store(where, batch_envs, source=evalworld.BatchSeekers, workers=1):
+def _store(where, batch_envs, source=evalworld.BatchSeekers, workers=1, record_videos=0):
     run = RunRecord.create(method="controllers", method_config={}, expert_set_id="points", skills=SKILLS,
                            protocol="one_shot", routing_mode="oracle", router=None, run_seed=1)  # fmt: skip
     units = tuple(
@@ -63,15 +63,30 @@ def _store(where, batch_envs, source=evalworld.BatchSeekers, workers=1):
     )
     with ResultsStore.open(where) as store:
         run_phase(store, run, Phase(1, units, 7), Contender(functools.partial(source, SKILLS)),
-                  RunOptions(progress=False, batch_envs=batch_envs, workers=workers))  # fmt: skip
+                  RunOptions(progress=False, batch_envs=batch_envs, workers=workers,
+                             record_videos=record_videos))  # fmt: skip
         return store.episodes_frame().set_index(["skill", "episode_index"]).sort_index()
 
 
+def _videos(where):
+    with ResultsStore.open(where, readonly=True) as store:
+        return store.videos_frame().set_index(["skill", "episode_index"]).sort_index()
+
+
 def test_batched_workers_store_the_same_episodes(tmp_path):
-    one = _store(tmp_path / "one", 1)
+    one = _store(tmp_path / "one", 1, record_videos=6)
+    videos = _videos(tmp_path / "one")
     for batch_envs, workers in ((4, 1), (3, 2)):
-        batched = _store(tmp_path / f"batched{batch_envs}", batch_envs, workers=workers)
+        batched = _store(tmp_path / f"batched{batch_envs}", batch_envs, workers=workers, record_videos=6)
         assert batched[COLUMNS].equals(one[COLUMNS]), batch_envs
+        # the same frames recorded, batched or not, in this process or a worker's (x264 with one thread)
+        assert _videos(tmp_path / f"batched{batch_envs}")[["frames", "sha256"]].equals(
+            videos[["frames", "sha256"]]
+        )
+    assert len(videos) == 2 * 6 and (videos["frames"] >= 1).all()
+    # a frame at reset and one after each chunk of 4 steps (the episode that faulted: up to the fault)
+    healthy = one.loc[videos.index].query("error.isna()")
+    assert (videos.loc[healthy.index, "frames"] == 1 + -(-healthy["steps"] // 4)).all()
     assert one.loc[(slice(None), 5), "error"].str.contains("simulated instability").all()  # a fault mid-batch
     assert 0 < one["success"].sum() < 12
 

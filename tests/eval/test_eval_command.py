@@ -1,10 +1,11 @@
-"""`vlamergebench eval` (a checkpoint, a policy factory: no merging), `methods`, `--version`, and the one
-override syntax of `merge` and `run`, on a real tiny expert set and real LIBERO."""
+"""`vlamergebench eval` (a checkpoint, a policy factory, a LeRobot policy: no merging), `methods`,
+`--version`, and the one override syntax of `merge` and `run`, on a real tiny expert set and real LIBERO."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -49,6 +50,16 @@ def test_eval_a_policy_factory_stores_ranks_and_resumes(expert_set, tmp_path, mo
     assert "1 episodes (0 run now, 1 resumed)" in capsys.readouterr().out
 
 
+def test_eval_a_lerobot_policy_through_the_adapter(expert_set, tmp_path, capsys):
+    pytest.importorskip("libero.libero")  # the twin of a LeRobot policy: lerobot_twin.py
+    command = _eval(expert_set, tmp_path / "out", "--policy", "lerobot_twin:make", "--name", "lerobot_twin")
+    assert main(command) == 0, capsys.readouterr().err
+    with ResultsStore.open(tmp_path / "out", readonly=True) as store:
+        episodes = store.episodes_frame()
+    assert episodes["method"].tolist() == ["lerobot_twin"] and episodes["steps"].tolist() == [4]
+    assert episodes["error"].isna().all()
+
+
 def test_eval_a_single_checkpoint(expert_set, tmp_path, capsys):
     pytest.importorskip("libero.libero")
     expert = expert_set.parent / "object_0"
@@ -84,11 +95,13 @@ def test_methods_lists_kind_paper_router_and_config_defaults(capsys):
     assert defaults["keep_fraction"] == 0.2
     assert (methods["carve"]["kind"], methods["carve"]["router"]) == ("continual", "carve_text")
     assert methods["mergevla"]["needs_task_identity"] is True
+    assert methods["lora_bank"]["needs_lora_factors"] and not methods["ties"]["needs_lora_factors"]
     assert "instruction_lookup" in {router["name"] for router in catalogue["routers"]}
 
     assert main(["methods", "ta"]) == 0
     text = capsys.readouterr().out
     assert "kind one_shot" in text and "arXiv:2212.04089" in text and "scale=1.0" in text
+    assert "experts: LoRA or dense" in text
     assert main(["methods", "nope"]) == 2
     assert "unknown merge method 'nope'" in capsys.readouterr().err
 
@@ -116,3 +129,55 @@ def test_merge_and_run_take_both_override_forms(expert_set, tmp_path, capsys):
     assert "--set expects KEY=VALUE, got 'keep_fraction'" in capsys.readouterr().err
     assert main([*command[:-4], "--method-config", "[1]"]) == 2
     assert "--method-config: expected a JSON object, got list" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def merged_ta(expert_set, tmp_path_factory):
+    out = tmp_path_factory.mktemp("merged") / "ta"
+    assert (
+        main(["merge", "--method", "ta", "--experts", str(expert_set), "--out", str(out), "--no-progress"])
+        == 0
+    )
+    return out
+
+
+def _pop(*keys):
+    def edit(manifest):
+        *parents, last = keys
+        for key in parents:
+            manifest = manifest[key]
+        manifest.pop(last)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_pop("base"), "missing field 'base'"),
+        (_pop("base", "base_id"), "missing field 'base.base_id'"),
+        (_pop("skills"), "missing field 'skills'"),
+        (_pop("config"), "missing field 'config'"),
+        (lambda manifest: manifest.update(skills=5), "field 'skills' must be a list, got 5"),
+        (lambda manifest: manifest.update(router=3), "field 'router' must be text or null, got 3"),
+        (lambda manifest: manifest.update(expert_set="x"), "field 'expert_set' must be an object, got 'x'"),
+        ("{not json", "not valid JSON (Expecting property name"),
+    ],
+)
+def test_a_malformed_merged_manifest_is_one_line_naming_file_and_field(
+    expert_set, merged_ta, tmp_path, capsys, edit, message
+):
+    # These lookups once raised KeyError('base') etc., printed as "error: base" by a broad catch.
+    broken = Path(shutil.copytree(merged_ta, tmp_path / "broken"))
+    manifest_path = broken / "merged.json"
+    if isinstance(edit, str):
+        manifest_path.write_text(edit)
+    else:
+        manifest = json.loads(manifest_path.read_text())
+        edit(manifest)
+        manifest_path.write_text(json.dumps(manifest))
+    assert main(_eval(expert_set, tmp_path / "out", "--merged", str(broken))) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.splitlines() == [error]
+    assert error.startswith(f"vlamergebench eval: error: {manifest_path}: {message}"), error
+    assert not (tmp_path / "out" / "results.sqlite").exists()

@@ -10,7 +10,7 @@ import pytest
 
 from vlamergebench.eval.policy import SingleSkillSource
 from vlamergebench.eval.runner import run_phase
-from vlamergebench.eval.store import ResultsStore, RunRecord
+from vlamergebench.eval.store import ResultsStore, RunRecord, is_infrastructure_error
 from vlamergebench.eval.work import Contender, Phase, RunOptions, TaskUnit
 
 ENV_ID = "vlamergebench/LIBERO-Object-v0"
@@ -97,3 +97,63 @@ def test_a_successful_episode_goes_through_rollout_chunking_libero_and_the_store
     assert (summary.ran, summary.errors, summary.successes) == (1, 0, 1)
     assert bool(rows["success"].iloc[0]) and rows["error"].isna().all()
     assert 50 < rows["steps"].iloc[0] < 300  # ended by LIBERO's own success check, well before the cap
+
+
+# A test-only id: the real LIBERO env whose MuJoCo model one init state corrupts mid-episode.
+FAULTY_ID = "vlamergebench_test/LIBERO-Object-Faulty-v0"
+FAULT_INIT_STATE, FAULT_STEP = 1, 12  # inside the second chunk of 8
+
+
+def _faulty_libero(**kwargs):
+    import gymnasium as gym
+
+    import vlamergebench.envs  # noqa: F401  (registers ENV_ID)
+
+    class CorruptsMujoco(gym.Wrapper):
+        """Before primitive step FAULT_STEP of init state FAULT_INIT_STATE, set the MuJoCo model's integrator
+        to an id MuJoCo does not have, so MuJoCo's own ``mj_step`` raises ``mujoco.FatalError`` inside
+        robosuite's step: a simulator fault of the real stack, not one raised by a stand-in."""
+
+        def reset(self, *, seed=None, options=None):
+            self.init_state_id, self.steps = options["init_state_id"], 0
+            return self.env.reset(seed=seed, options=options)
+
+        def step(self, action):
+            self.steps += 1
+            if (self.init_state_id, self.steps) == (FAULT_INIT_STATE, FAULT_STEP):
+                self.env.unwrapped.sim_env.sim.model._model.opt.integrator = 99
+            return self.env.step(action)
+
+    return CorruptsMujoco(gym.make(ENV_ID, **kwargs))
+
+
+def test_a_mujoco_fault_in_one_libero_episode_costs_that_episode_only(tmp_path):
+    pytest.importorskip("libero.libero")
+    import gymnasium as gym
+
+    if FAULTY_ID not in gym.registry:
+        gym.register(FAULTY_ID, entry_point=_faulty_libero)
+    run = RunRecord.create(method="reach_down", method_config={}, expert_set_id="none", skills=("object_0",),
+                           protocol="one_shot", routing_mode="oracle", router=None, run_seed=0)  # fmt: skip
+    unit = TaskUnit("object_0", "libero_object", "task_0", FAULTY_ID, {"task": 0, "image_size": 64})
+    source = functools.partial(SingleSkillSource, ReachDown(), ["object_0"])
+    options = RunOptions(max_steps=20, progress=False)
+    with ResultsStore.open(tmp_path) as store:
+        summary = run_phase(store, run, Phase(1, (unit,), 3), Contender(source), options)
+        rows = store.episodes_frame().set_index("episode_index")
+        again = run_phase(store, run, Phase(1, (unit,), 3), Contender(source), options)
+        finished = store.finished_episodes(run.run_id)
+        retried = store.finished_episodes(run.run_id, retry_errors=True)
+    assert (summary.ran, summary.errors, summary.successes) == (3, 1, 0)
+    assert rows["init_state_id"].tolist() == [0, 1, 2]
+    # The other episodes, before and after the fault (the latter on a rebuilt simulator), ran in full.
+    assert rows.loc[[0, 2], "error"].isna().all() and rows.loc[[0, 2], "steps"].tolist() == [20, 20]
+    faulted = rows.loc[1]
+    assert faulted["error"].startswith("FatalError: mj_step: invalid integrator")
+    assert faulted["steps"] == 8 and not faulted["success"]  # the first chunk ran; the second one faulted
+    # The store's rule for a simulator fault: the policy's failed episode, not an infrastructure error: it
+    # counts in the success rate and a resume keeps it (only --retry-errors reruns it).
+    assert not is_infrastructure_error(faulted["error"])
+    assert (again.ran, again.resumed) == (0, 3)
+    assert [key[-1] for key, (_, error) in finished.items() if error] == [1]
+    assert sorted(key[-1] for key in retried) == [0, 2]

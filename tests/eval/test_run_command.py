@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tinyexperts import make_expert_set
 
 from vlamergebench.cli import main
+from vlamergebench.eval.run import RunConfig, run_command
 from vlamergebench.eval.store import ResultsStore
 from vlamergebench.eval.summary import validate_summary
 from vlamergebench.merge_methods.merged import MergedModel
@@ -191,3 +192,47 @@ def test_sigkill_mid_run_on_libero_then_resume_loses_and_repeats_nothing(expert_
     assert sorted(after["episode_index"]) == sorted(list(range(episodes)) * 2)
     kept = before.set_index(list(EPISODE_KEY))
     assert after.set_index(list(EPISODE_KEY)).loc[kept.index].equals(kept)  # finished rows untouched
+
+
+def test_run_records_videos_of_the_first_episodes_and_resumes_without_duplicates(
+    expert_set, tmp_path, capsys
+):
+    """Real LIBERO, tiny preset: MP4s of the frames the policy read, in the store and on the page."""
+    pytest.importorskip("libero.libero")
+    iio = pytest.importorskip("imageio.v3")
+    pytest.importorskip("imageio_ffmpeg")
+    out = tmp_path / "run"
+
+    def stored():
+        with ResultsStore.open(out, readonly=True) as store:
+            return store.episodes_frame(), store.videos_frame()
+
+    # one episode through the library (no leaderboard: the machine is shared), then the command extends the
+    # run to three episodes: a resume that runs episodes 1 and 2 and keeps episode 0's video
+    config = RunConfig(method="ta", experts=str(expert_set), select=("object_0",), episodes_per_task=1,
+                       workers=1, max_steps=12, out=str(out), progress=False, record_videos=2)  # fmt: skip
+    run_command(config)
+    first = stored()[1].iloc[0]
+    command = ["run", "--method", "ta", "--experts", str(expert_set), "--select", "object_0", "--episodes",
+               "3", "--max-steps", "12", "--workers", "1", "--record-videos", "2", "--out", str(out),
+               "--no-progress"]  # fmt: skip
+    assert main(command) == 0, capsys.readouterr().err
+    assert "3 episodes (2 run now, 1 resumed)" in capsys.readouterr().out
+    episodes, videos = stored()
+    assert videos["episode_index"].tolist() == [0, 1]  # the first N = 2 only
+    assert videos.iloc[0]["sha256"] == first["sha256"]  # episode 0's video was kept, not redone
+    side = json.loads(episodes["settings_json"].iloc[0])["image_size"]
+    for video in videos.itertuples():
+        assert episodes.loc[episodes["episode_index"] == video.episode_index, "steps"].item() == 12
+        frames = iio.imread(out / video.path, plugin="FFMPEG")  # decodes
+        # a frame at reset and after each chunk of 8 steps (8, then the cap's 4): none rendered for the video
+        assert frames.shape == (3, side, 2 * side, 3) == (video.frames, video.height, video.width, 3)
+        assert video.cameras == "agentview_image,wrist_image" and frames.std() > 1  # a scene, not a blank
+        assert video.bytes == (out / video.path).stat().st_size
+        assert bytes(video.poster_jpeg).startswith(b"\xff\xd8\xff")
+    files = [f for f in sorted((out / "videos").rglob("*")) if f.is_file()]
+    assert files == sorted(out / path for path in videos["path"])  # one file per row, nothing twice
+
+    page = (out / "leaderboard" / "leaderboard.html").read_text()
+    assert page.count("<video ") == 2 and 'poster="data:image/jpeg;base64,' in page
+    assert f'src="../{videos["path"].iloc[0]}"' in page  # relative to the page, so the folder can move

@@ -36,11 +36,11 @@ def _units():
     return tuple(TaskUnit(s, "points", s, evalworld.ENV_ID, {"task": s}) for s in SKILLS)
 
 
-def _evaluate(where, shard=None, episodes=EPISODES, config=None, units=None):
+def _evaluate(where, shard=None, episodes=EPISODES, config=None, units=None, record_videos=0):
     contender = Contender(functools.partial(evalworld.Controllers, SKILLS))
     with ResultsStore.open(where) as store:
         run_phase(store, _run(config), Phase(1, units or _units(), episodes), contender,
-                  RunOptions(progress=False, shard=shard))  # fmt: skip
+                  RunOptions(progress=False, shard=shard, record_videos=record_videos))  # fmt: skip
         return store.episodes_frame()
 
 
@@ -141,6 +141,29 @@ def test_unsharded_halves_combine_and_a_gap_without_a_plan_is_refused(tmp_path, 
     )
     error = capsys.readouterr().err
     assert error.startswith("vlamergebench combine: error: episodes of ") and "gaps at indices [2]" in error
+
+
+def test_combine_brings_each_shards_videos_and_refuses_a_missing_file(tmp_path):
+    shards = [tmp_path / f"shard{i}" for i in range(2)]
+    for i, store in enumerate(shards):
+        _evaluate(store, Shard(i, 2), record_videos=3)
+    summary = combine_stores(shards, tmp_path / "all")
+    assert summary.episodes == 2 * EPISODES
+    with ResultsStore.open(tmp_path / "all", readonly=True) as store:
+        videos = store.videos_frame()
+    assert sorted(zip(videos["skill"], videos["episode_index"], strict=True)) == [
+        (skill, k) for skill in SKILLS for k in range(3)
+    ]
+    for path in videos["path"]:  # each file copied beside the combined store from the shard that ran it
+        (origin,) = [shard / path for shard in shards if (shard / path).is_file()]
+        assert (tmp_path / "all" / path).read_bytes() == origin.read_bytes()
+
+    next((shards[1] / "videos").rglob("*.mp4")).unlink()
+    with pytest.raises(
+        CombineError, match=r"shard1/results.sqlite: video videos/\S+\.mp4 of episode .* is missing"
+    ):
+        combine_stores(shards, tmp_path / "again")
+    assert not (tmp_path / "again").exists()
 
 
 def test_shard_flag_is_checked():

@@ -7,7 +7,15 @@ import sqlite3
 
 import pytest
 
-from vlamergebench.eval.store import EpisodeRecord, ResultsStore, RunRecord, StorageRecord, StoreError
+from vlamergebench.eval import store as store_module
+from vlamergebench.eval.store import (
+    EpisodeRecord,
+    ResultsStore,
+    RunRecord,
+    StorageRecord,
+    StoreError,
+    VideoRecord,
+)
 from vlamergebench.provenance import config_hash, episode_seed
 
 
@@ -123,7 +131,7 @@ def test_foreign_or_altered_files_are_refused(tmp_path):
     db = sqlite3.connect(tmp_path / "old" / "results.sqlite")
     db.execute("PRAGMA user_version = 99")
     db.close()
-    with pytest.raises(StoreError, match="schema version 99, this vlamergebench reads 1"):
+    with pytest.raises(StoreError, match="schema version 99, this vlamergebench reads versions 1, 2"):
         ResultsStore.open(tmp_path / "old", readonly=True)
 
     with ResultsStore.open(tmp_path / "trigger"):
@@ -170,3 +178,61 @@ def test_seeds_pool_into_one_entry_only_with_equal_settings(tmp_path):
             store.add_episode(_episode(run))
     with pytest.raises(StoreError, match=r"differ in evaluation settings.*max_steps\":100.*max_steps\":50"):
         load_results([tmp_path / "mixed"])
+
+
+def _version_1_store(path):
+    """An empty store as vlamergebench wrote it before videos (schema version 1)."""
+    run = _run()
+    db = sqlite3.connect(path, isolation_level=None)
+    for statement in filter(str.strip, store_module._SCHEMA.split(";")):  # the version-1 tables, unchanged
+        db.execute(statement)
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    return run
+
+
+def test_a_version_1_store_is_read_as_it_is_and_upgraded_when_opened_writable(tmp_path):
+    path = tmp_path / "old.sqlite"
+    run = _version_1_store(path)
+    with ResultsStore.open(path, readonly=True) as store:  # a bundle from an older vlamergebench
+        assert store.schema_version == 1
+        assert store.videos_frame().empty and list(store.videos_frame().columns) == list(
+            store_module.VIDEO_COLUMNS
+        )
+        assert store.table_rows("videos") == (list(store_module.VIDEO_COLUMNS), [])
+    with ResultsStore.open(path) as store:
+        assert store.schema_version == 2
+        store.register_run(run)
+        episode = _episode(run)
+        video = VideoRecord(episode.key, "videos/x.mp4", 3, 10.0, 128, 64, "agentview_image,wrist_image", 99,
+                            "0" * 64, b"\xff\xd8jpeg")  # fmt: skip
+        assert store.add_episode(episode, video=video)
+        assert store.videos_frame()["path"].tolist() == ["videos/x.mp4"]
+    with ResultsStore.open(path, readonly=True) as store:
+        assert store.schema_version == 2 and len(store.episodes_frame()) == 1
+        assert bytes(store.videos_frame()["poster_jpeg"].iloc[0]) == b"\xff\xd8jpeg"
+
+
+def test_a_video_row_commits_with_its_episode_and_follows_a_replaced_episode(tmp_path):
+    run = _run()
+
+    def video(k, path):
+        key = _episode(run, k=k).key
+        return VideoRecord(key, path, 5, 10.0, 64, 64, "agentview_image", 10, "0" * 64, b"j")
+
+    lost = "infrastructure: worker process 1 died (exit code -9) during this episode"
+    with ResultsStore.open(tmp_path) as store:
+        store.register_run(run)
+        assert store.add_episode(_episode(run), video=video(0, "videos/a.mp4"))
+        assert not store.add_episode(_episode(run), video=video(0, "videos/b.mp4"))
+        assert store.videos_frame()["path"].tolist() == ["videos/a.mp4"]  # a second copy never lands
+        # an infrastructure error is rerun; its video row goes with it (here: the rerun recorded none)
+        assert store.add_episode(_episode(run, k=1, error=lost), video=video(1, "videos/c.mp4"))
+        assert store.add_episode(_episode(run, k=1))
+        assert store.videos_frame()["path"].tolist() == ["videos/a.mp4"]
+        with pytest.raises(StoreError, match="belongs to episode"):
+            store.add_episode(_episode(run, k=2), video=video(0, "videos/d.mp4"))
+        bad = dataclasses.replace(video(3, "videos/e.mp4"), frames=0)
+        with pytest.raises(sqlite3.IntegrityError):  # a CHECK constraint; nothing of the episode is kept
+            store.add_episode(_episode(run, k=3), video=bad)
+        assert sorted(store.episodes_frame()["episode_index"]) == [0, 1]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vlamergebench.cli import main
 from vlamergebench.eval.own_success import success_by_task
 from vlamergebench.eval.run import task_units
 from vlamergebench.experts import default_v2 as recipe
@@ -66,7 +67,7 @@ def test_a_suite_like_skill_is_evaluated_task_by_task(tmp_path):
         task_units(Experts(), (), 84)
 
 
-def test_build_runs_every_stage_measures_acceptance_and_refuses_weak_experts(tmp_path, monkeypatch):
+def test_build_runs_every_stage_measures_acceptance_and_refuses_weak_experts(tmp_path, monkeypatch, capsys):
     """Real LIBERO demos, real training (2 steps), real rollouts: two-step experts must be refused."""
     pytest.importorskip("libero.libero")
     monkeypatch.setattr(recipe, "BASE_TASKS", (("libero_object", (5,)),))
@@ -123,3 +124,10 @@ def test_build_runs_every_stage_measures_acceptance_and_refuses_weak_experts(tmp
     with pytest.raises(AcceptanceError):  # a rerun skips every finished stage and re-checks acceptance
         recipe.build_default_experts_v2(out, measure_success=measure, progress=False, log=lines.append)
     assert sum("done already" in line for line in lines) == 3
+
+    # The CLI reports a refused set in one line (a measured result, not a traceback) and exits 1.
+    monkeypatch.setattr(recipe, "ACCEPTANCE_EPISODES", 1)
+    assert main(["build-default-experts", "--out", str(out), "--workers", "1", "--no-progress"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("vlamergebench build-default-experts: ") and "not accepted" in error
+    assert "\n" not in error and "Traceback" not in error

@@ -12,6 +12,8 @@ Entries (skills a1, a2 in suite A and b1 in suite B; 4 episodes per task):
 
 from __future__ import annotations
 
+import dataclasses
+
 from vlamergebench.eval.store import EpisodeRecord, RunRecord, StorageRecord
 from vlamergebench.provenance import episode_seed
 
@@ -99,3 +101,21 @@ def fill_store(store):
     for step, total in ((1, 250), (2, 350), (3, 450)):
         store.add_storage(StorageRecord(carve.run_id, step, total, 900, 600))
     return {"ties": ties, "routed": routed, "carve": carve, "ta": ta, "base": base}
+
+
+def add_recorded_episode(store, run, skill, k, colour, success=True, frames=4, side=32):
+    """Store episode ``k`` of ``skill`` with a real MP4 (``frames`` frames of two ``side``-px cameras)."""
+    import numpy as np
+
+    from vlamergebench.eval.video import FrameRecorder, save_video
+
+    recorder = FrameRecorder()
+    for i in range(frames):
+        camera = np.full((side, side, 3), colour, np.uint8)
+        camera[: side // 4, : side // 4] = 255 * (i % 2)  # a corner that blinks: frames differ
+        recorder.add({"agentview_image": camera, "wrist_image": camera[::-1].copy()})
+    (record,) = make_episodes(run, len(SKILLS), skill, int(success), total=1)
+    record = dataclasses.replace(record, episode_index=k, init_state_id=k, seed=episode_seed(0, skill, k))
+    video = save_video(store.path.parent, record.key, recorder.encode())
+    assert store.add_episode(record, video=video)
+    return video

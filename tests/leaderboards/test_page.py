@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -93,3 +94,41 @@ def test_chromium_layout_at_desktop_and_narrow_widths(page, tmp_path, width):
     # the body keeps a white margin on the right: nothing overflows the viewport's width
     right_margin = pixels[:, width - 8 :, :]
     assert (right_margin > 0.97).all(), "something is drawn into the right margin"
+
+
+@pytest.fixture(scope="module")
+def video_page(tmp_path_factory):
+    """One entry with three recorded rollouts (real MP4s of magenta frames, so the posters can be found)."""
+    pytest.importorskip("imageio_ffmpeg")
+    from handmade import add_recorded_episode
+
+    root = tmp_path_factory.mktemp("video-page")
+    with ResultsStore.open(root / "run") as store:
+        run = make_run("mergevla")
+        store.register_run(run)
+        for skill, success in (("a1", True), ("a2", False), ("b1", True)):
+            add_recorded_episode(store, run, skill, 0, (255, 0, 255), success=success)
+    build_leaderboards([root / "run"], root / "board", ["page"])
+    return root / "board" / "leaderboard.html"
+
+
+def test_chromium_shows_a_strip_of_rollout_videos_per_skill(video_page, tmp_path):
+    """Screenshot in pytest's tmp_path (videos-1400px.png): the posters are drawn, the MP4s are linked."""
+    browser = _chromium()
+    dom = _browse(browser, video_page, tmp_path / "profile-dom", "--dump-dom")
+    videos = dom.split('id="videos"')[1].split('id="methods"')[0]
+    assert videos.count("<video ") == 3 and videos.count('poster="data:image/jpeg;base64,') == 3
+    assert [h.split("</h4>")[0] for h in videos.split("<h4>")[1:]] == [
+        "a1",
+        "a2",
+        "b1",
+    ]  # one strip per skill
+    assert videos.count('class="success"') == 2 and videos.count('class="failure"') == 1
+    for source in re.findall(r'<source src="([^"]+)" type="video/mp4">', videos):
+        assert (video_page.parent / source).is_file(), source  # relative to the page
+    assert "<script" not in dom and '<a href="#videos">Videos</a>' in dom
+    shot = tmp_path / "videos-1400px.png"
+    _browse(browser, video_page, tmp_path / "profile", "--window-size=1400,5000", f"--screenshot={shot}")
+    pixels = image.imread(shot)[..., :3]
+    magenta = np.all(np.abs(pixels - np.array([1.0, 0.0, 1.0])) < 0.1, axis=-1).sum()
+    assert magenta > 3 * 5000, magenta  # three posters of 256 x 128 px, under a corner and the controls

@@ -196,6 +196,39 @@ def build_q_proj_set(root: Path, blocks: list[torch.Tensor], heads: list[dict] |
     return write_expert_set(root, "hand-q", base, experts)
 
 
+def write_dense_expert(path: Path, base: Path, skill: str, seed: int) -> Path:
+    """A dense expert (a full fine-tune): every VLM tensor of the base moved by seeded noise, matrices and
+    1-D tensors alike, in ``dense.safetensors``; no LoRA."""
+    from safetensors.torch import load_file
+
+    from vlamergebench.policies.checkpoint import CheckpointDir
+
+    base_dir = CheckpointDir.open(base)
+    weights = load_file(str(base_dir.file(VLM_FILE)))
+    noise = random_tensors(VLM_SHAPES, 3000 + seed, torch.float32)
+    dense = {name: weights[name] + 0.1 * noise[name] for name in VLM_SHAPES}
+    config = {
+        "role": "expert",
+        "policy": POLICY,
+        "base_id": base_dir.base_id,
+        "skill": {"name": skill, "suite": "hand", "task": skill, "task_id": seed, "env_id": "none"},
+        "lora": None,
+        "provenance": {},
+    }
+    files = {DENSE_FILE: dense, ACTION_EXPERT_FILE: random_tensors(HEAD_SHAPES, 2000 + seed, torch.float32)}
+    write_checkpoint(path, config, files, norm_stats(float(seed)), [f"do {skill}", f"please do {skill}"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def dense_set(tmp_path_factory: pytest.TempPathFactory) -> ExpertSet:
+    """Three dense float32 experts (full fine-tunes of every VLM tensor) on the hand base."""
+    root = tmp_path_factory.mktemp("dense")
+    base = write_base(root / "base")
+    experts = [write_dense_expert(root / f"expert{i}", base, f"skill_{i}", i) for i in range(3)]
+    return write_expert_set(root, "hand-dense", base, experts)
+
+
 @pytest.fixture(scope="session")
 def three(tmp_path_factory: pytest.TempPathFactory) -> ExpertSet:
     """The q_proj case of ``qproj.py`` with experts T1, T2, T3."""
@@ -217,6 +250,7 @@ def builders() -> SimpleNamespace:
         build_set=build_set,
         build_q_proj_set=build_q_proj_set,
         q_proj_factors=q_proj_factors,
+        write_dense_expert=write_dense_expert,
     )
 
 

@@ -1,18 +1,19 @@
 """Gymnasium environments of vlamergebench, registered into Gymnasium's own registry.
 
-``import vlamergebench.envs`` registers every id below; nothing heavy is imported (entry points are strings
-resolved by ``gymnasium.make``). Ids are ``vlamergebench/<Name>-v<N>``; a change of behaviour (settle steps,
-image size default, step limits) bumps ``N`` so the results store never mixes two behaviours under one id.
+``import vlamergebench`` (or ``import vlamergebench.envs``) registers every id below, Gymnasium's convention
+for third-party env packages; nothing heavy is imported (entry points are strings resolved by
+``gymnasium.make``). Ids are ``vlamergebench/<Name>-v<N>`` (:func:`~vlamergebench.envs.contract.env_id`); the
+contract every family follows (make keyword arguments, reset options, instruction space, chunkable rendering)
+is :mod:`vlamergebench.envs.contract`.
 
-The catalogue is one list per env family, each maintained beside its family module. Envs import nothing of
-the rest of vlamergebench (policies, merging, evaluation): arrows point into this room only.
+The catalogue is one block per env family. Envs import nothing of the rest of vlamergebench (policies,
+merging, evaluation): arrows point into this room only.
 """
 
 from __future__ import annotations
 
-from gymnasium.envs.registration import register as _gym_register
-
 from vlamergebench.envs import rendering as _rendering
+from vlamergebench.envs.contract import register as _register
 
 # Choose the MuJoCo GL backend before anything can import mujoco (headless EGL by default).
 _rendering.configure_gl_backend()
@@ -36,31 +37,27 @@ for _base in ("spatial", "object", "goal", "10"):
         _base_name, _limit = LIBERO_SUITES[f"libero_{_base}"]
         _pro_name = _base_name.replace("LIBERO-", "LIBERO-PRO-") + f"-{_kind_name}"
         LIBERO_SUITES[f"libero_{_base}_{_kind}"] = (_pro_name, _limit)
-for _suite, (_name, _limit) in LIBERO_SUITES.items():
-    _gym_register(
-        id=f"vlamergebench/{_name}-v0",
-        entry_point="vlamergebench.envs.libero:LiberoEnv",
-        max_episode_steps=_limit,
-        kwargs={"suite": _suite},
-    )
+# suite -> its registered id, e.g. "libero_object" -> "vlamergebench/LIBERO-Object-v0": the one place ids of
+# LIBERO suites are spelled (expert recipes, demo collection and benchmarks read it).
+LIBERO_ENV_IDS: dict[str, str] = {
+    _suite: _register(_name, "vlamergebench.envs.libero:LiberoEnv", _limit, {"suite": _suite})
+    for _suite, (_name, _limit) in LIBERO_SUITES.items()
+}
 
 # --- LIBERO perturbations, ours, not the official LIBERO-Plus (vlamergebench/envs/perturb/) ---------------
 # LIBERO-Plus-style axes on plain LIBERO (docs/perturbations.md). make kwargs: task, and variant (index or
 # label such as "camera-L3-s0" into the fixed list vlamergebench.envs.perturb.VARIANTS) or perturbation (a
 # PerturbationConfig dict). Step limits are the base suite's.
 # suite -> the id of its perturbed family (what `vlamergebench run --perturbations` evaluates a skill on).
-LIBERO_PERTURBED_IDS: dict[str, str] = {}
-for _base in ("spatial", "object", "goal", "10"):
-    _base_name, _limit = LIBERO_SUITES[f"libero_{_base}"]
-    LIBERO_PERTURBED_IDS[f"libero_{_base}"] = (
-        f"vlamergebench/{_base_name.replace('LIBERO-', 'LIBERO-Perturbed-')}-v0"
+LIBERO_PERTURBED_IDS: dict[str, str] = {
+    _suite: _register(
+        LIBERO_SUITES[_suite][0].replace("LIBERO-", "LIBERO-Perturbed-"),
+        "vlamergebench.envs.perturb.suites:make_perturbed_libero",
+        LIBERO_SUITES[_suite][1],
+        {"suite": _suite},
     )
-    _gym_register(
-        id=LIBERO_PERTURBED_IDS[f"libero_{_base}"],
-        entry_point="vlamergebench.envs.perturb.suites:make_perturbed_libero",
-        max_episode_steps=_limit,
-        kwargs={"suite": f"libero_{_base}"},
-    )
+    for _suite in ("libero_spatial", "libero_object", "libero_goal", "libero_10")
+}
 
 # The ids whose envs take ``render_profile`` ("full" or "fast": decimated visual meshes, envs/fast_meshes.py).
 RENDER_PROFILE_IDS: frozenset[str] = frozenset(
@@ -70,30 +67,15 @@ RENDER_PROFILE_IDS: frozenset[str] = frozenset(
 # --- SO-101 arm: MuJoCo twin and real-arm adapter (vlamergebench/envs/so101.py) -----------------------
 # Tasks (task=<name or index>): pick_place_cube, push_cube, stack_cubes. 300 steps = 10 s at 30 Hz on the twin
 # (the scripted experts need 60..250); a real arm gets 30 s and its operator ends episodes sooner.
-_gym_register(
-    id="vlamergebench/SO101-Twin-v0",
-    entry_point="vlamergebench.envs.so101:SO101Env",
-    max_episode_steps=300,
-    kwargs={"robot": "twin"},
-)
-_gym_register(
-    id="vlamergebench/SO101-Real-v0",
-    entry_point="vlamergebench.envs.so101:SO101Env",
-    max_episode_steps=900,
-    kwargs={"robot": "lerobot"},
-)
+_register("SO101-Twin", "vlamergebench.envs.so101:SO101Env", 300, {"robot": "twin"})
+_register("SO101-Real", "vlamergebench.envs.so101:SO101Env", 900, {"robot": "lerobot"})
 
 # --- Bimanual: ALOHA (gym-aloha) and RoboTwin 2.0 (vlamergebench/envs/aloha.py, robotwin.py) ----------------
 # ALOHA: one id per gym-aloha task (task=<name> preset); 400 steps = 8 s at 50 Hz, ACT's episode length (the
 # scripted experts succeed by ~280). gym-aloha itself is an optional extra: `pip install -e ".[aloha]"`
 # plus `pip install --no-deps gym-aloha==0.1.5` (it pins mujoco<3.9 but runs on 3.17).
 for _aloha_name, _aloha_task in (("AlohaTransferCube", "transfer_cube"), ("AlohaInsertion", "insertion")):
-    _gym_register(
-        id=f"vlamergebench/{_aloha_name}-v0",
-        entry_point="vlamergebench.envs.aloha:AlohaEnv",
-        max_episode_steps=400,
-        kwargs={"task": _aloha_task},
-    )
+    _register(_aloha_name, "vlamergebench.envs.aloha:AlohaEnv", 400, {"task": _aloha_task})
 # RoboTwin 2.0: needs a CUDA GPU and a RoboTwin checkout with assets (ROBOTWIN_ROOT); the listing says so.
 # One id per task and domain (clean = demo_clean, randomized = demo_randomized), with RoboTwin's own per-task
 # step limit, e.g. vlamergebench/RoboTwin-Clean-handover_block-v0.
@@ -101,9 +83,9 @@ from vlamergebench.envs.robotwin import STEP_LIMITS as _ROBOTWIN_STEP_LIMITS  # 
 
 for _domain in ("clean", "randomized"):
     for _robotwin_task, _limit in _ROBOTWIN_STEP_LIMITS.items():
-        _gym_register(
-            id=f"vlamergebench/RoboTwin-{_domain.capitalize()}-{_robotwin_task}-v0",
-            entry_point="vlamergebench.envs.robotwin:RoboTwinEnv",
-            max_episode_steps=_limit,
-            kwargs={"task": _robotwin_task, "domain": _domain},
+        _register(
+            f"RoboTwin-{_domain.capitalize()}-{_robotwin_task}",
+            "vlamergebench.envs.robotwin:RoboTwinEnv",
+            _limit,
+            {"task": _robotwin_task, "domain": _domain},
         )

@@ -22,7 +22,6 @@ so bimanual policies and merges use one action layout across both simulators.
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,14 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from vlamergebench.envs.options import reset_options
+from vlamergebench.envs.contract import (
+    check_image_size,
+    check_init_state_id,
+    check_instruction,
+    check_render_mode,
+    instruction_space,
+    reset_options,
+)
 
 ACTION_DIM = 14
 PROPRIO_DIM = 14
@@ -38,8 +44,6 @@ ARM_JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wris
 DEFAULT_CAMERAS = ("top", "angle")
 NUM_INIT_STATES = 50  # fixed evaluation layouts, like LIBERO's 50 init states per task
 CONTROL_SUBSTEPS = 10  # gym-aloha's control period DT = 0.02 s over the MJCF timestep of 0.002 s (50 Hz)
-INSTRUCTION_CHARSET = string.ascii_letters + string.digits + string.punctuation + " "
-INSTRUCTION_MAX_LENGTH = 256
 _MAX_LAYOUT_SEED = 2**31 - 1
 
 
@@ -118,7 +122,7 @@ class AlohaEnv(gym.Env):
     ## Observation Space
     ``Dict``: ``<camera>_image`` ``uint8 (S, S, 3)`` upright for each camera in ``cameras`` (default
     ``top_image`` and ``angle_image``); ``state`` ``float32 (14,)``: the arm joint positions (rad) and the
-    normalised finger positions, in the action's order; ``instruction`` a ``Text`` (max 256 characters).
+    normalised finger positions, in the action's order; ``instruction`` the contract's ``Text`` space.
 
     ## Rewards
     1.0 on the step that reaches success, else 0.0 (gym-aloha's 0..4 stage reward is ``info["stage"]``).
@@ -157,15 +161,12 @@ class AlohaEnv(gym.Env):
         camera_rendering: bool = True,
         render_mode: str | None = None,
     ) -> None:
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"image_size must be a positive int (pixels), got {image_size!r}")
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        image_size = check_image_size(image_size)
+        self.render_mode = check_render_mode(render_mode)
         self.task_id, self._spec = _resolve_task(task)
         self.task_name = self._spec.name
-        self.instruction = self._spec.instruction
+        self.instruction = check_instruction(self._spec.instruction, f"ALOHA {self.task_name}")
         self.image_size = image_size
-        self.render_mode = render_mode
         self._camera_rendering = bool(camera_rendering)
         self._physics, self._task = self._build_simulator(shadows, antialiasing)
         known = [self._physics.model.id2name(i, "camera") for i in range(self._physics.model.ncam)]
@@ -183,7 +184,7 @@ class AlohaEnv(gym.Env):
             {
                 **dict.fromkeys(self._keys, image),
                 "state": spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32),
-                "instruction": spaces.Text(INSTRUCTION_MAX_LENGTH, min_length=1, charset=INSTRUCTION_CHARSET),
+                "instruction": instruction_space(),
             }
         )
         ctrl = self._physics.model.actuator_ctrlrange
@@ -208,9 +209,15 @@ class AlohaEnv(gym.Env):
     # --- simulator ----------------------------------------------------------------------------------------
     def _build_simulator(self, shadows: bool, antialiasing: bool) -> tuple[Any, Any]:
         """gym-aloha's joint-controlled physics and task object (the one place the simulator is built)."""
-        from dm_control import mujoco as dm_mujoco
-        from gym_aloha import constants
-        from gym_aloha.tasks import sim
+        try:
+            from dm_control import mujoco as dm_mujoco
+            from gym_aloha import constants
+            from gym_aloha.tasks import sim
+        except ImportError as error:
+            raise gym.error.DependencyNotInstalled(
+                f"ALOHA envs need gym-aloha and dm-control ({error}): pip install -e '.[aloha]' and "
+                "pip install --no-deps gym-aloha==0.1.5"
+            ) from error
 
         physics = dm_mujoco.Physics.from_xml_path(str(constants.ASSETS_DIR / self._spec.xml))
         # Software GL: the 4096 px shadow map and 4x multisampling of gym-aloha's MJCF cost ~2x and ~3x.
@@ -290,20 +297,14 @@ class AlohaEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Start an episode at the layout of ``options["init_state_id"]`` (see Starting State)."""
         super().reset(seed=seed)
-        options = reset_options(options)
-        init_state_id = options.get("init_state_id")
+        init_state_id = reset_options(options).get("init_state_id")
         if init_state_id is None:
+            self._init_state_id = None
             layout_seed = int(self.np_random.integers(NUM_INIT_STATES, _MAX_LAYOUT_SEED))
-        elif isinstance(init_state_id, bool) or not isinstance(init_state_id, (int, np.integer)):
-            raise ValueError(f"init_state_id must be an int, got {init_state_id!r}")
-        elif not 0 <= init_state_id < NUM_INIT_STATES:
-            raise ValueError(
-                f"init_state_id {init_state_id} is out of range for ALOHA {self.task_name}: "
-                f"valid ids are 0..{NUM_INIT_STATES - 1}"
-            )
         else:
-            layout_seed = int(init_state_id)
-        self._init_state_id = None if init_state_id is None else int(init_state_id)
+            where = f"ALOHA {self.task_name}"
+            self._init_state_id = check_init_state_id(init_state_id, NUM_INIT_STATES, where)
+            layout_seed = self._init_state_id
         self._layout_seed = layout_seed
         self._place(sample_layout(self.task_name, layout_seed))
         self._started = True

@@ -5,7 +5,8 @@ before looking again. Rendering dominates a LIBERO step on a CPU (~80-100 ms of 
 intermediate frames that nobody reads wastes most of the time. :class:`ChunkedActions` runs the chunk with the
 cameras off and renders once, for the observation it returns.
 
-A family supports it by implementing, on its unwrapped env (docs/formats.md section 1):
+A family supports it by implementing, on its unwrapped env, the contract's
+:class:`~vlamergebench.envs.contract.ChunkableRendering` (docs/formats.md section 1):
 
 * ``set_camera_rendering(enabled: bool) -> None``: while disabled, camera entries of returned observations
   repeat the last rendered frame;
@@ -23,6 +24,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from vlamergebench.envs.contract import missing_chunkable_methods
+
 
 class ChunkedActions(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Execute ``(chunk_size, action_dim)`` actions per ``step``; render only the returned observation.
@@ -32,8 +35,8 @@ class ChunkedActions(gym.Wrapper, gym.utils.RecordConstructorArgs):
     (how many rows of the chunk ran).
 
     Args:
-        env: an env whose ``unwrapped`` implements ``set_camera_rendering`` and ``render_cameras``, with a
-            ``Box`` action space of shape ``(action_dim,)``.
+        env: an env whose ``unwrapped`` implements ``ChunkableRendering`` (``set_camera_rendering`` and
+            ``render_cameras``), with a ``Box`` action space of shape ``(action_dim,)``.
         chunk_size: number of actions per chunk (>= 1).
     """
 
@@ -42,9 +45,7 @@ class ChunkedActions(gym.Wrapper, gym.utils.RecordConstructorArgs):
         gym.Wrapper.__init__(self, env)
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-        missing = [
-            name for name in ("set_camera_rendering", "render_cameras") if not hasattr(env.unwrapped, name)
-        ]
+        missing = missing_chunkable_methods(env.unwrapped)
         if missing:
             raise TypeError(
                 f"{type(env.unwrapped).__name__} cannot run chunked: it lacks {missing} "

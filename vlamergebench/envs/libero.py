@@ -23,7 +23,6 @@ import atexit
 import contextlib
 import io
 import re
-import string
 import weakref
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,15 @@ import numpy as np
 from gymnasium import spaces
 
 from vlamergebench.envs import fast_meshes
+from vlamergebench.envs.contract import (
+    check_image_size,
+    check_init_state_id,
+    check_instruction,
+    check_render_mode,
+    instruction_space,
+    reset_options,
+)
 from vlamergebench.envs.fast_meshes import check_render_profile
-from vlamergebench.envs.options import reset_options
 
 ACTION_DIM = 7
 PROPRIO_DIM = 8
@@ -44,8 +50,6 @@ SETTLE_ACTION = np.array([0, 0, 0, 0, 0, 0, -1.0])
 # LIBERO-PRO suites whose perturbation lives in the instruction: for them the BDDL's (:language ...) is the
 # instruction. Elsewhere LIBERO's own evaluations use the task-name-derived instruction (``Task.language``).
 _INSTRUCTION_FROM_BDDL_SUFFIXES = ("_lan", "_task")
-INSTRUCTION_CHARSET = string.ascii_letters + string.digits + string.punctuation + " ’‘“”–"
-INSTRUCTION_MAX_LENGTH = 256
 
 
 # Envs with a live simulator. robosuite registers eglTerminate with atexit when it creates the first context;
@@ -133,7 +137,7 @@ class LiberoEnv(gym.Env):
     ## Observation Space
     ``Dict``: ``agentview_image`` and ``wrist_image`` ``uint8 (S, S, 3)`` upright (row 0 is the top of the
     picture); ``state`` ``float32 (8,)`` = eef position (3, m, world), eef axis-angle (3), gripper joint
-    positions (2); ``instruction`` a ``Text`` (max 256 characters).
+    positions (2); ``instruction`` the contract's ``Text`` space (``envs/contract.py``).
 
     ## Rewards
     1.0 on the step that reaches success, else 0.0.
@@ -175,26 +179,18 @@ class LiberoEnv(gym.Env):
         render_mode: str | None = None,
         render_profile: str = "full",
     ) -> None:
-        if not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"image_size must be a positive int (pixels), got {image_size!r}")
+        image_size = check_image_size(image_size)
         if not isinstance(settle_steps, int) or settle_steps < 0:
             raise ValueError(f"settle_steps must be a non-negative int, got {settle_steps!r}")
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            modes = self.metadata["render_modes"]
-            raise ValueError(f"render_mode must be None or one of {modes}, got {render_mode!r}")
+        self.render_mode = check_render_mode(render_mode)
         self.render_profile = check_render_profile(render_profile)
         self.suite = suite
         self.task_id, self._task = _resolve_task(suite, task)
         self.task_name: str = self._task.name
-        self.instruction = _instruction(suite, self._task)
-        if len(self.instruction) > INSTRUCTION_MAX_LENGTH or set(self.instruction) - set(INSTRUCTION_CHARSET):
-            raise ValueError(
-                f"instruction of {suite}/{self.task_name} does not fit the Text space: {self.instruction!r}"
-            )
+        self.instruction = check_instruction(_instruction(suite, self._task), f"{suite}/{self.task_name}")
         self.image_size = image_size
         self.settle_steps = settle_steps
         self.fixture_seed = fixture_seed
-        self.render_mode = render_mode
         self._camera_rendering = bool(camera_rendering)
         self._init_states: np.ndarray | None = None
         self._init_state_id: int | None = None
@@ -206,7 +202,7 @@ class LiberoEnv(gym.Env):
             {
                 **dict.fromkeys(CAMERAS, image),
                 "state": spaces.Box(-np.inf, np.inf, (PROPRIO_DIM,), np.float32),
-                "instruction": spaces.Text(INSTRUCTION_MAX_LENGTH, min_length=1, charset=INSTRUCTION_CHARSET),
+                "instruction": instruction_space(),
             }
         )
         self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
@@ -369,19 +365,11 @@ class LiberoEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Start an episode from LIBERO init state ``options["init_state_id"]`` (see Starting State)."""
         super().reset(seed=seed)
-        options = reset_options(options)
+        init_state_id = reset_options(options).get("init_state_id")
         count = len(self.init_states)
-        init_state_id = options.get("init_state_id")
         if init_state_id is None:
             init_state_id = int(self.np_random.integers(count))
-        if isinstance(init_state_id, bool) or not isinstance(init_state_id, (int, np.integer)):
-            raise ValueError(f"init_state_id must be an int, got {init_state_id!r}")
-        if not 0 <= init_state_id < count:
-            raise ValueError(
-                f"init_state_id {init_state_id} is out of range for {self.suite}/{self.task_name}: "
-                f"valid ids are 0..{count - 1}"
-            )
-        self._init_state_id = int(init_state_id)
+        self._init_state_id = check_init_state_id(init_state_id, count, f"{self.suite}/{self.task_name}")
         sim_env = self.sim_env
         sim_env.env.reset()  # soft: mj_resetData, fresh controllers (deterministic_reset, see sim_env)
         for robot in sim_env.env.robots:  # robosuite keeps the gripper's ramped command across soft resets

@@ -32,13 +32,21 @@ stand-in with the same surface.
 from __future__ import annotations
 
 import random
-import string
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from vlamergebench.envs.contract import (
+    RESET_OPTIONS,
+    check_image_size,
+    check_init_state_id,
+    check_instruction,
+    check_render_mode,
+    instruction_space,
+    reset_options,
+)
 from vlamergebench.envs.robotwin_checkout import EPISODES_PER_TASK, RoboTwinCheckout
 
 # RoboTwin 2.0's 50 tasks and evaluation step limits (task_config/_eval_step_limit.yml, the same in
@@ -71,8 +79,6 @@ MAX_ERRORS_IN_A_ROW = 20
 # RoboTwin's clear_cache_freq (task configs): free SAPIEN's asset cache every this many closed scenes.
 CLEAR_CACHE_EVERY = 5
 REQUIRES = "CUDA GPU + RoboTwin 2.0 checkout with assets (ROBOTWIN_ROOT)"
-INSTRUCTION_CHARSET = string.ascii_letters + string.digits + string.punctuation + " ’‘“”–—"
-INSTRUCTION_MAX_LENGTH = 512
 
 
 class RoboTwinEnv(gym.Env):
@@ -111,7 +117,8 @@ class RoboTwinEnv(gym.Env):
     ``task`` (name or index in :data:`TASKS`), ``domain`` (``clean`` | ``randomized``, set by the id),
     ``action_type``, ``cameras``, ``image_size`` (224), ``instruction_type`` (``unseen``), ``expert_check``
     (True), ``protocol_seed`` (0), ``robotwin_root`` (None: ``ROBOTWIN_ROOT``), ``embodiment``
-    (``aloha-agilex``), ``backend`` (an object with :class:`RoboTwinCheckout`'s surface; tests).
+    (``aloha-agilex``), ``backend`` (an object with :class:`RoboTwinCheckout`'s surface; tests),
+    ``camera_rendering`` (True; False returns the last frames without reading new ones), ``render_mode``.
 
     Privileged access: ``env.unwrapped.task_env`` is RoboTwin's task object of the current episode.
 
@@ -134,6 +141,7 @@ class RoboTwinEnv(gym.Env):
         robotwin_root: str | None = None,
         embodiment: str = "aloha-agilex",
         backend: Any = None,
+        camera_rendering: bool = True,
         render_mode: str | None = None,
     ) -> None:
         self.task_name = _resolve_task(task)
@@ -142,12 +150,10 @@ class RoboTwinEnv(gym.Env):
             ("domain", domain, DOMAINS),
             ("action_type", action_type, ACTION_TYPES),
             ("instruction_type", instruction_type, INSTRUCTION_TYPES),
-            ("render_mode", render_mode, (None, "rgb_array")),
         ):
             if value not in valid:
                 raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"image_size must be a positive int (pixels), got {image_size!r}")
+        image_size, render_mode = check_image_size(image_size), check_render_mode(render_mode)
         if not cameras or len(set(cameras)) != len(cameras):
             raise ValueError(f"cameras must be distinct RoboTwin camera names, got {cameras!r}")
         self.domain, self.action_type, self.instruction_type = domain, action_type, instruction_type
@@ -159,7 +165,7 @@ class RoboTwinEnv(gym.Env):
         self._next_candidate = SEEDS_PER_BLOCK * (1 + self.protocol_seed)
         self._errors_in_a_row = 0
         self._closes = 0
-        self._camera_rendering = True
+        self._camera_rendering = bool(camera_rendering)
         self._frames = {f"{c}_image": np.zeros((image_size, image_size, 3), np.uint8) for c in self.cameras}
         self._episode: dict[str, Any] = {}
 
@@ -177,7 +183,7 @@ class RoboTwinEnv(gym.Env):
             {
                 **dict.fromkeys(self._frames, image),
                 "state": spaces.Box(-np.inf, np.inf, self.action_space.shape, np.float32),
-                "instruction": spaces.Text(INSTRUCTION_MAX_LENGTH, min_length=1, charset=INSTRUCTION_CHARSET),
+                "instruction": instruction_space(),
             }
         )
 
@@ -248,13 +254,7 @@ class RoboTwinEnv(gym.Env):
 
     def protocol_seed_of(self, episode: int) -> tuple[int, dict | None]:
         """RoboTwin seed and expert episode info of protocol episode ``episode`` (found in order, kept)."""
-        if isinstance(episode, bool) or not isinstance(episode, (int, np.integer)):
-            raise ValueError(f"init_state_id must be an int, got {episode!r}")
-        if not 0 <= episode < EPISODES_PER_TASK:
-            raise ValueError(
-                f"init_state_id {episode} is out of range for RoboTwin: "
-                f"valid ids are 0..{EPISODES_PER_TASK - 1}"
-            )
+        episode = check_init_state_id(episode, EPISODES_PER_TASK, f"RoboTwin {self.task_name}")
         limit = SEEDS_PER_BLOCK * (2 + self.protocol_seed)  # never wander into the next protocol seed's block
         while len(self._usable_seeds) <= episode:
             if self._next_candidate >= limit:
@@ -288,11 +288,7 @@ class RoboTwinEnv(gym.Env):
                 f"RoboTwin {self.task_name}: the instruction generator returned nothing for {episode_info}"
             )
         instruction = str(candidates[int(self.np_random.integers(len(candidates)))])
-        if len(instruction) > INSTRUCTION_MAX_LENGTH or set(instruction) - set(INSTRUCTION_CHARSET):
-            raise ValueError(
-                f"RoboTwin {self.task_name}: instruction does not fit the Text space: {instruction!r}"
-            )
-        return instruction
+        return check_instruction(instruction, f"RoboTwin {self.task_name}")
 
     # --- observations -------------------------------------------------------------------------------------
     def set_camera_rendering(self, enabled: bool) -> None:
@@ -366,9 +362,8 @@ class RoboTwinEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Build the scene of the episode chosen by ``options`` (see Starting State)."""
         super().reset(seed=seed)
-        options = dict(options or {})
-        unknown = set(options) - {"init_state_id", "robotwin_seed"}
-        if unknown or len(options) > 1:
+        options = reset_options(options, valid=(*RESET_OPTIONS, "robotwin_seed"))
+        if len(options) > 1:
             raise ValueError(
                 f"reset options: at most one of ['init_state_id', 'robotwin_seed'], got {sorted(options)}"
             )

@@ -28,13 +28,18 @@ import numpy as np
 from gymnasium import spaces
 
 from vlamergebench.configs import from_mapping
-from vlamergebench.envs.options import reset_options
+from vlamergebench.envs.contract import (
+    check_image_size,
+    check_init_state_id,
+    check_instruction,
+    check_render_mode,
+    instruction_space,
+    reset_options,
+)
 from vlamergebench.envs.so101_twin import JOINT_NAMES, TASKS, SO101Twin, find_task
 
 logger = logging.getLogger(__name__)
 ACTION_KEYS = tuple(f"{joint}.pos" for joint in JOINT_NAMES)
-INSTRUCTION_MAX_LENGTH = 256
-_INSTRUCTION_CHARSET = "".join(chr(c) for c in range(32, 127))
 
 
 class UnsafeActionError(ValueError):
@@ -196,7 +201,9 @@ class SO101Env(gym.Env):
     (square side; real cameras are resized to it, None keeps theirs), ``safety`` (:class:`SafetyLimits` or a
     dict), ``home_deg``, ``home_tolerance`` (per joint), ``home_timeout_s``, ``confirm`` (``"auto"``,
     ``"keypress"`` or a callable taking a message), ``success`` (``"twin"``, ``"operator"`` or a detector),
-    ``estop_on_sigint``, ``lerobot`` (kwargs of :func:`build_lerobot_follower` when ``robot="lerobot"``).
+    ``estop_on_sigint``, ``lerobot`` (kwargs of :func:`build_lerobot_follower` when ``robot="lerobot"``),
+    ``camera_rendering`` (True; False: the twin repeats its last frames, real cameras stream regardless),
+    ``render_mode``.
 
     ## Version History
     * v0: initial version.
@@ -218,23 +225,19 @@ class SO101Env(gym.Env):
         success: str | Any | None = None,
         estop_on_sigint: bool = True,
         lerobot: dict[str, Any] | None = None,
+        camera_rendering: bool = True,
         render_mode: str | None = None,
     ) -> None:
+        image_size = check_image_size(image_size, allow_none=True)
+        self.render_mode = check_render_mode(render_mode)
         self.task = find_task(task)
-        self.instruction = instruction or self.task.instruction
-        if len(self.instruction) > INSTRUCTION_MAX_LENGTH or set(self.instruction) - set(
-            _INSTRUCTION_CHARSET
-        ):
-            raise ValueError(
-                f"instruction must be printable ASCII, at most 256 characters: {self.instruction!r}"
-            )
+        self.instruction = check_instruction(instruction or self.task.instruction, f"SO-101 {self.task.name}")
         self.safety = SafetyLimits.from_dict(safety) if isinstance(safety, dict) else safety or SafetyLimits()
         self.home_deg = np.asarray(home_deg, dtype=np.float64)
         self.home_tolerance = np.asarray(home_tolerance, dtype=np.float64)
         self.home_timeout_s = float(home_timeout_s)
         if self.home_deg.shape != (6,) or self.home_tolerance.shape != (6,):
             raise ValueError(f"home_deg and home_tolerance need 6 values, found {home_deg}, {home_tolerance}")
-        self.render_mode = render_mode
         self.image_size = image_size
         if robot == "twin":
             robot = SO101Twin(
@@ -261,9 +264,7 @@ class SO101Env(gym.Env):
             {
                 "state": spaces.Box(-np.inf, np.inf, (6,), np.float32),
                 **{k: spaces.Box(0, 255, tuple(shape), np.uint8) for k, shape in camera_shapes.items()},
-                "instruction": spaces.Text(
-                    INSTRUCTION_MAX_LENGTH, min_length=1, charset=_INSTRUCTION_CHARSET
-                ),
+                "instruction": instruction_space(),
             }
         )
         low, high = (np.array(v, dtype=np.float32) for v in (self.safety.joint_min, self.safety.joint_max))
@@ -275,6 +276,7 @@ class SO101Env(gym.Env):
         self._last_send_s = 0.0
         self._previous_sigint: Any = None
         self._init_state_id: int | None = None
+        self.set_camera_rendering(camera_rendering)
 
     # --- catalogue hook (docs/formats.md section 1) -------------------------------------------------------
     @classmethod
@@ -286,8 +288,10 @@ class SO101Env(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Re-arm, bring the arm home and set the scene (see Starting State)."""
         super().reset(seed=seed)
-        options = reset_options(options)
-        self._init_state_id = options.get("init_state_id")
+        init_state_id = reset_options(options).get("init_state_id")
+        if init_state_id is not None:
+            init_state_id = check_init_state_id(init_state_id, None, f"SO-101 {self.task.name}")
+        self._init_state_id = init_state_id
         with self._guard():
             if not self._robot.is_connected:
                 self._robot.connect()

@@ -8,6 +8,10 @@ A bundle is a ZIP file (or a directory) holding exactly two files:
   revisions);
 - ``results.sqlite``, a single-file snapshot of a results store.
 
+Rollout videos are not in a bundle: the store's ``videos`` rows travel (each with its small JPEG poster, its
+frame count and the MP4's SHA-256), the MP4 files stay with the run (a bundle is meant to be a few hundred KB
+that a repository can hold; ``vlamergebench export`` carries the files).
+
 Reading a bundle executes nothing from it: the manifest is JSON; the archive may hold no other member and no
 path; the manifest is read and validated first, a store member whose header claims more bytes than the
 manifest declares is refused before decompression, and members are streamed to disk with that cap (memory
@@ -33,7 +37,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vlamergebench.eval.store import SCHEMA_VERSION, STORE_FILE, ResultsStore, StoreError
+from vlamergebench.eval.store import STORE_FILE, ResultsStore, StoreError
 from vlamergebench.provenance import git_revision, package_versions
 
 BUNDLE_FORMAT = "vlamergebench-results-bundle"
@@ -99,6 +103,7 @@ def write_bundle(
             store.copy_to(snapshot)
         with ResultsStore.open(snapshot, readonly=True) as store:
             runs = _manifest_runs(store)
+            schema_version = store.schema_version
         manifest = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_VERSION,
@@ -109,7 +114,7 @@ def write_bundle(
                 "file": STORE_FILE,
                 "bytes": snapshot.stat().st_size,
                 "sha256": _sha256(snapshot),
-                "schema_version": SCHEMA_VERSION,
+                "schema_version": schema_version,
             },
             "runs": runs,
         }
@@ -227,6 +232,11 @@ def _check_against_store(manifest: Mapping[str, Any], store_file: Path, where: P
     with ResultsStore.open(store_file, readonly=True) as store:
         store.check_integrity()
         actual = {run["run_id"]: run for run in _manifest_runs(store)}
+        if store.schema_version != declared["schema_version"]:
+            raise BundleError(
+                f"{where}: {MANIFEST_FILE} field store/schema_version is {declared['schema_version']}, the "
+                f"store's is {store.schema_version}"
+            )
     listed = {run["run_id"]: run for run in manifest["runs"]}
     if set(actual) != set(listed):
         raise BundleError(

@@ -6,13 +6,16 @@ episode plans or shard counts, an episode stored twice, and a gap: a shard of th
 an episode a present shard should hold and does not (rerun that shard's command: it resumes). Stores made
 without ``--shard`` carry no plan; then every task of a phase must hold episodes ``0 .. n-1`` for one n.
 
-Sources are opened read-only with the store's schema check; rows are copied as stored.
+Sources are opened read-only with the store's schema check; rows are copied as stored. Recorded rollout
+videos come along: each video row with its MP4 file, copied from the shard's directory to the same relative
+path beside the combined store (a video row whose file is missing is refused, naming it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vlamergebench.eval.shards import Shard, planned_keys, read_manifest, record_shard, shard_pairs
-from vlamergebench.eval.store import EPISODE_KEY, ResultsStore, StoreError, resolve_store_path
+from vlamergebench.eval.store import EPISODE_KEY, ResultsStore, StoreError, is_video_path, resolve_store_path
 
 # What a run's configuration is, column by column, in the runs table (created_at is when, not what).
 _RUN_FIELDS = ("method", "method_config_hash", "expert_set_id", "skills_json", "protocol", "routing_mode",
@@ -52,6 +55,7 @@ class _Source:
     storage: tuple[list[str], list[tuple[Any, ...]]]
     runs_table: tuple[list[str], list[tuple[Any, ...]]]
     shards: list[dict[str, Any]]
+    videos: tuple[list[str], list[tuple[Any, ...]]]
 
 
 def _load(path: str | os.PathLike[str]) -> _Source:
@@ -60,7 +64,24 @@ def _load(path: str | os.PathLike[str]) -> _Source:
         runs_table = store.table_rows("runs")
         runs = {row[0]: dict(zip(runs_table[0], row, strict=True)) for row in runs_table[1]}
         episodes, storage = store.table_rows("episodes"), store.table_rows("storage")
-    return _Source(store_path, runs, episodes, storage, runs_table, read_manifest(store_path))
+        videos = store.table_rows("videos")
+    return _Source(store_path, runs, episodes, storage, runs_table, read_manifest(store_path), videos)
+
+
+def _video_files(sources: Sequence[_Source]) -> list[tuple[Path, str]]:
+    """``(file, path relative to the store)`` of every video row; a missing file raises."""
+    files = []
+    for source in sources:
+        columns, rows = source.videos
+        for row in rows:
+            relative = row[columns.index("path")]
+            if not is_video_path(relative):
+                raise CombineError(f"{source.path}: video path {relative!r}; expected videos/.../<name>.mp4")
+            file = source.path.parent / relative
+            if not file.is_file():
+                raise CombineError(f"{source.path}: video {relative} of episode {row[:7]} is missing")
+            files.append((file, relative))
+    return files
 
 
 def _check_runs(sources: Sequence[_Source]) -> None:
@@ -235,13 +256,21 @@ def combine_stores(sources: Sequence[str | os.PathLike[str]], out: str | os.Path
                     f"{source.path}: storage of run {row[0]} step {row[1]} differs from another store's"
                 )
     first = loaded[0]
+    videos = _video_files(loaded)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    for file, relative in videos:  # before the store: a store never names a video that is not there
+        target = out_path.parent / relative
+        if file.resolve() != target.resolve():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, target)
     partial = out_path.with_name(f".{out_path.stem}.partial{out_path.suffix}")
     partial.unlink(missing_ok=True)
     with ResultsStore.open(partial) as store:  # written aside, then moved: a failed combine leaves no store
         store.insert_rows("runs", first.runs_table[0], first.runs_table[1])
         for source in loaded:
             store.insert_rows("episodes", *source.episodes)
+        for source in loaded:
+            store.insert_rows("videos", *source.videos)
         store.insert_rows("storage", first.storage[0], list(storage.values()))
         store.check_integrity()
     os.replace(partial, out_path)

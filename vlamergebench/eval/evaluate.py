@@ -63,7 +63,7 @@ class EvalConfig:
         experts: Expert-set directory naming each skill's env; None is the embedded default set.
         select: Skill or suite names to evaluate; empty means all.
         episodes_per_task, seeds, out, workers, max_steps, image_size, render_profile, progress,
-        tokenizer_dir, device, dtype: As ``RunConfig``.
+        tokenizer_dir, device, dtype, record_videos: As ``RunConfig``.
     """
 
     kind: str
@@ -83,6 +83,7 @@ class EvalConfig:
     tokenizer_dir: str | None = None
     device: str = "cpu"
     dtype: str = "float32"
+    record_videos: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in SUBJECT_KINDS:
@@ -91,6 +92,8 @@ class EvalConfig:
             raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.episodes_per_task < 1 or self.workers < 1 or not self.seeds:
             raise ValueError(f"EvalConfig: episodes_per_task, workers >= 1 and seeds non-empty: {self}")
+        if self.record_videos < 0:
+            raise ValueError(f"--record-videos must be >= 0, got {self.record_videos}")
         check_render_profile(self.render_profile)
         object.__setattr__(self, "device", resolve_device(self.device))
 
@@ -218,9 +221,8 @@ def _evaluate(config: EvalConfig, experts_dir: Path) -> list[PhaseSummary]:
             phase = Phase(step, tuple(units), config.episodes_per_task)
             contender = Contender(factory, model_dirs=model_dirs)
             evaluations.append(Evaluation(run, phase, contender, code_version))
-        options = RunOptions(
-            workers=config.workers, max_steps=config.max_steps, progress=config.progress, device=config.device
-        )
+        options = RunOptions(workers=config.workers, max_steps=config.max_steps, progress=config.progress,
+                             record_videos=config.record_videos, device=config.device)  # fmt: skip
         return run_evaluations(store, evaluations, options, label=f"eval {name}")
 
 

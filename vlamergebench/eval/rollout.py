@@ -8,6 +8,9 @@ Chunked execution: a chunk runs through :class:`~vlamergebench.envs.chunking.Chu
 supports it, so the cameras render only for the observation the policy reads next; other envs step the chunk
 row by row. Steps count primitive env steps either way.
 
+Videos: given a :class:`~vlamergebench.eval.video.FrameRecorder`, an episode hands it every observation the
+policy reads, and the last one, so a video costs no extra rendering (:mod:`vlamergebench.eval.video`).
+
 Fault isolation: an exception raised by the *environment* (``reset`` or ``step``: MuJoCo instability, a
 robosuite error) ends the episode as a failure whose ``error`` holds the exception and traceback; the caller
 records it and goes on. An exception raised by the *policy or router*, or a broken contract (wrong chunk
@@ -21,11 +24,14 @@ import time
 import traceback
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
 from vlamergebench.eval.policy import Policy, PolicyContractError, PolicySource, Router, check_action_chunk
+
+if TYPE_CHECKING:
+    from vlamergebench.eval.video import FrameRecorder
 
 _ERROR_CHARS = 4000  # keep the head of the message and the innermost frames of a simulator traceback
 
@@ -84,6 +90,7 @@ def rollout(
     seed: int,
     init_state_id: int,
     max_steps: int,
+    frames: FrameRecorder | None = None,
 ) -> EpisodeOutcome:
     """Run one episode of ``skill`` from init state ``init_state_id`` with ``seed``.
 
@@ -95,13 +102,15 @@ def rollout(
         seed: The episode seed, passed to ``reset`` (see ``provenance.episode_seed``).
         init_state_id: The fixed init state, passed as ``options={"init_state_id": ...}``.
         max_steps: Our own cap on primitive steps, in addition to the env's ``TimeLimit``.
+        frames: Receives the observations the policy reads, for a video; None records nothing.
 
     Returns:
         The :class:`EpisodeOutcome`.
     """
     episode = episode_steps(
-        env, source, router, skill=skill, seed=seed, init_state_id=init_state_id, max_steps=max_steps
-    )
+        env, source, router, skill=skill, seed=seed, init_state_id=init_state_id, max_steps=max_steps,
+        frames=frames,
+    )  # fmt: skip
     try:
         policy, observation = next(episode)
         while True:
@@ -119,6 +128,7 @@ def rollout_batch(
     seeds: Sequence[int],
     init_state_ids: Sequence[int],
     max_steps: int,
+    frames: Sequence[FrameRecorder | None] | None = None,
 ) -> list[EpisodeOutcome]:
     """Run one episode per env at once, querying each policy once per round for all episodes that wait on it.
 
@@ -126,11 +136,14 @@ def rollout_batch(
     :func:`episode_steps` as :func:`rollout`, so its outcome is the unbatched one as long as the policy's
     ``predict_batch`` row i equals ``predict`` of observation i (docs/formats.md section 5: a batchable policy
     is stateless between chunks). A policy without ``predict_batch`` is asked row by row. An episode's
-    ``wall_s`` counts from the start of the batch.
+    ``wall_s`` counts from the start of the batch. ``frames[i]`` records episode i's video (None: none).
     """
+    recorders = list(frames) if frames is not None else [None] * len(envs)
     episodes = [
-        episode_steps(env, source, router, skill=skill, seed=seed, init_state_id=k, max_steps=max_steps)
-        for env, seed, k in zip(envs, seeds, init_state_ids, strict=True)
+        episode_steps(
+            env, source, router, skill=skill, seed=seed, init_state_id=k, max_steps=max_steps, frames=recorder
+        )
+        for env, seed, k, recorder in zip(envs, seeds, init_state_ids, recorders, strict=True)
     ]
     outcomes: list[EpisodeOutcome | None] = [None] * len(episodes)
     waiting: dict[int, tuple[Policy, Mapping[str, Any]]] = {}
@@ -172,6 +185,7 @@ def episode_steps(
     seed: int,
     init_state_id: int,
     max_steps: int,
+    frames: FrameRecorder | None = None,
 ) -> EpisodeSteps:
     """One episode as a generator: it yields ``(policy, observation)`` and is sent that policy's chunk for it.
 
@@ -191,6 +205,8 @@ def episode_steps(
     except Exception as error:  # a simulator fault: record it, the run goes on
         return outcome(False, _fault(error))
     instruction = info.get("instruction")
+    if frames is not None:
+        frames.add(observation)
 
     if router is None:
         routed_skill = skill
@@ -228,6 +244,8 @@ def episode_steps(
                         break
         except Exception as error:  # a simulator fault
             return outcome(False, _fault(error))
+        if frames is not None:
+            frames.add(observation)
         success = _is_success(info)
         if terminated or truncated:
             break

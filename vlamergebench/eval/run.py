@@ -74,6 +74,8 @@ class RunConfig:
             CUDA when this machine has it, else ``cpu``); resolved when the config is made
             (:func:`~vlamergebench.eval.devices.resolve_device`), so ``device`` is always concrete.
         dtype: The policies' compute dtype (``float32``; ``bfloat16`` on a GPU).
+        record_videos: Save episodes ``0 .. record_videos - 1`` of every task as MP4 videos under
+            ``<out>/videos`` (:mod:`vlamergebench.eval.video`); not part of a run's identity.
     """
 
     method: str
@@ -99,6 +101,7 @@ class RunConfig:
     tokenizer_dir: str | None = None
     device: str = "cpu"
     dtype: str = "float32"
+    record_videos: int = 0
 
     def __post_init__(self) -> None:
         if self.protocol is not None and self.protocol not in PROTOCOLS:
@@ -120,6 +123,12 @@ class RunConfig:
         object.__setattr__(self, "device", resolve_device(self.device, check_here=self.executor != "ray"))
         if self.tokenizer_dir is not None and not Path(self.tokenizer_dir).is_dir():
             raise ValueError(f"--tokenizer-dir {self.tokenizer_dir}: not a directory")
+        if self.record_videos < 0:
+            raise ValueError(f"--record-videos must be >= 0, got {self.record_videos}")
+        if self.record_videos:
+            from vlamergebench.eval.video import require_video_support
+
+            require_video_support()  # before anything is merged or run
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "RunConfig") -> RunConfig:
@@ -396,6 +405,7 @@ def _run_command(config: RunConfig) -> list[PhaseSummary]:
         shard=None if config.shard is None else Shard.parse(config.shard),
         batch_envs=config.batch_envs,
         retry_errors=config.retry_errors,
+        record_videos=config.record_videos,
         device=config.device,
     )
     evaluations = []

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from vlamergebench.eval.shards import plan_document, record_shard, shard_pairs
 from vlamergebench.eval.store import EpisodeRecord, ResultsStore, RunRecord
+from vlamergebench.eval.video import require_video_support, save_video
 from vlamergebench.eval.work import (
     Contender,
     EpisodeJob,
@@ -129,6 +130,10 @@ def _check(evaluations: Sequence[Evaluation], options: RunOptions) -> None:
         raise ValueError(f"RunOptions.workers must be >= 1, got {options.workers}")
     if options.batch_envs < 1:
         raise ValueError(f"RunOptions.batch_envs must be >= 1, got {options.batch_envs}")
+    if options.record_videos < 0:
+        raise ValueError(f"RunOptions.record_videos must be >= 0, got {options.record_videos}")
+    if options.record_videos:
+        require_video_support()
     if options.executor not in EXECUTORS:
         raise ValueError(f"RunOptions.executor must be one of {EXECUTORS}, got {options.executor!r}")
     seen = set()
@@ -181,16 +186,17 @@ def run_evaluations(
         }  # fmt: skip
         total += len(planned)
         code = {} if evaluation.code_version is None else {"method_code": evaluation.code_version}
-        job = EpisodeJob(
-            run.run_id, run.run_seed, phase.admission_step, options.max_steps, {**versions, **code}, git_rev
-        )
+        job = EpisodeJob(run.run_id, run.run_seed, phase.admission_step, options.max_steps,
+                         {**versions, **code}, git_rev, options.record_videos)  # fmt: skip
         items += plan(evaluation, job, finished, options.workers, keep)
     progress = _Progress(total, len(resumed), sum(ok for ok, _ in resumed), sum(f for _, f in resumed), label,
                          options.progress)  # fmt: skip
 
     def commit(record: EpisodeRecord) -> None:
+        # the file first, then its row with the episode's: a run killed in between rewrites the same path
+        video = None if record.video is None else save_video(store.path.parent, record.key, record.video)
         # refused only if two invocations share one store at once: the first row stands
-        if not store.add_episode(record, options.retry_errors):
+        if not store.add_episode(record, options.retry_errors, video):
             logger.warning("episode %s was already stored; kept the stored row", record.key)
             return
         progress.add(record)

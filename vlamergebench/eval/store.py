@@ -11,16 +11,26 @@ SQLite itself; nothing can be counted twice. The exception is an infrastructure 
 :func:`is_infrastructure_error`): such a row is not finished, and the rerun's row replaces it. Rows are
 committed one by one in WAL mode, so a killed run loses at most the episodes still in flight.
 
+Rollout videos (``run --record-videos N``): the ``videos`` table has one row per recorded episode, keyed like
+``episodes``, naming the MP4 file (relative to the store's directory), its frame count, frame rate, size,
+SHA-256 and a small JPEG poster (its last frame), so a page can show a thumbnail wherever the store travels
+and link the file where it exists. The row is committed in the same transaction as its episode.
+
+Schema versions: version 1 (no ``videos`` table) is still read; opening a version-1 store writable adds the
+table and makes it version 2, the tables of version 1 untouched.
+
 Reading untrusted stores (bundles from others): :meth:`ResultsStore.open` with ``readonly=True`` opens the
 file read-only, turns off ``trusted_schema`` and refuses any file whose schema (every table, index, view and
 trigger in ``sqlite_master``) differs from the one this module creates, so no view or trigger of someone
-else's making can run.
+else's making can run. It writes nothing into or beside the file: a finished store copied alone (without its
+``-wal`` file) into a read-only directory reads as it is (``_readonly_uri``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
@@ -33,7 +43,11 @@ from vlamergebench.provenance import canonical_json, config_hash
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = 1
+    from vlamergebench.eval.video import EncodedVideo
+
+SCHEMA_VERSION = 2
+# Versions this module reads; an older one is upgraded in place when opened writable (_MIGRATIONS).
+READABLE_VERSIONS = (1, 2)
 STORE_FILE = "results.sqlite"
 PROTOCOLS = ("one_shot", "continual")
 # oracle: the true skill is given; method: the merge method's own router; named: a router from the registry.
@@ -103,6 +117,32 @@ CREATE TABLE storage (
     PRIMARY KEY (run_id, admission_step)
 );
 """
+_EPISODE_KEY_SQL = "run_id, admission_step, skill, env_id, variant, task, episode_index"
+# Version 2: rollout videos. The poster is a JPEG of the last frame (a thumbnail that travels with the store).
+_VIDEOS_SCHEMA = f"""
+CREATE TABLE videos (
+    run_id TEXT NOT NULL,
+    admission_step INTEGER NOT NULL,
+    skill TEXT NOT NULL,
+    env_id TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    task TEXT NOT NULL,
+    episode_index INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    frames INTEGER NOT NULL CHECK (frames >= 1),
+    fps REAL NOT NULL CHECK (fps > 0),
+    width INTEGER NOT NULL CHECK (width >= 1),
+    height INTEGER NOT NULL CHECK (height >= 1),
+    cameras TEXT NOT NULL,
+    bytes INTEGER NOT NULL CHECK (bytes >= 0),
+    sha256 TEXT NOT NULL,
+    poster_jpeg BLOB NOT NULL,
+    PRIMARY KEY ({_EPISODE_KEY_SQL}),
+    FOREIGN KEY ({_EPISODE_KEY_SQL}) REFERENCES episodes ({_EPISODE_KEY_SQL})
+);
+"""
+# The statements that make each version from the one before it.
+_MIGRATIONS = {2: _VIDEOS_SCHEMA}
 
 
 def is_infrastructure_error(error: object) -> bool:
@@ -112,7 +152,9 @@ def is_infrastructure_error(error: object) -> bool:
     )
 
 
-_TABLES = ("runs", "episodes", "storage")
+_TABLES = ("runs", "episodes", "storage", "videos")
+# The tables each schema version has.
+_VERSION_TABLES = {1: ("runs", "episodes", "storage"), 2: _TABLES}
 
 
 class StoreError(ValueError):
@@ -244,6 +286,9 @@ class EpisodeRecord:
     error: str | None = None
     instruction: str | None = None
     worker_pid: int = 0
+    # Not a column: the episode's encoded rollout video on its way from the worker to the runner, which
+    # writes the file and the ``videos`` row (``run --record-videos``).
+    video: EncodedVideo | None = field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -274,11 +319,79 @@ class StorageRecord:
     breakdown: Mapping[str, int] = field(default_factory=dict)
 
 
-def _expected_schema() -> set[tuple[str, str, str]]:
+@dataclass(frozen=True)
+class VideoRecord:
+    """A recorded rollout video of one stored episode (a row of the ``videos`` table).
+
+    Attributes:
+        key: The episode's key, in :data:`EPISODE_KEY` order.
+        path: The MP4 file, relative to the store's directory (``videos/...``).
+        frames: Frames in the file.
+        fps: Playback frame rate.
+        width: Frame width in pixels (cameras side by side).
+        height: Frame height in pixels.
+        cameras: The observation keys shown, left to right, comma-separated.
+        bytes: Size of the MP4 file.
+        sha256: SHA-256 of the MP4 file.
+        poster_jpeg: A JPEG of the last frame.
+    """
+
+    key: tuple[Any, ...]
+    path: str
+    frames: int
+    fps: float
+    width: int
+    height: int
+    cameras: str
+    bytes: int
+    sha256: str
+    poster_jpeg: bytes
+
+    def row(self) -> tuple[Any, ...]:
+        """The row's values in the table's column order."""
+        return (*self.key, self.path, int(self.frames), float(self.fps), int(self.width), int(self.height),
+                self.cameras, int(self.bytes), self.sha256, bytes(self.poster_jpeg))  # fmt: skip
+
+
+VIDEO_COLUMNS = (*EPISODE_KEY, "path", "frames", "fps", "width", "height", "cameras", "bytes", "sha256",
+                 "poster_jpeg")  # fmt: skip
+
+
+_VIDEO_PATH = re.compile(r"videos(/[A-Za-z0-9_.-]+)+\.mp4")
+
+
+def is_video_path(path: object) -> bool:
+    """Whether ``path`` is a video path as this module writes them: ``videos/.../<name>.mp4``, no ``..``.
+
+    Paths come from stores others made: anything else is refused before it is joined to a directory.
+    """
+    return (
+        isinstance(path, str)
+        and _VIDEO_PATH.fullmatch(path) is not None
+        and not {".", ".."} & set(path.split("/"))
+    )
+
+
+def _expected_schema(version: int = SCHEMA_VERSION) -> set[tuple[str, str, str]]:
     memory = sqlite3.connect(":memory:")
     try:
         memory.executescript(_SCHEMA)
+        for step in range(2, version + 1):
+            memory.executescript(_MIGRATIONS[step])
         return set(memory.execute("SELECT type, name, coalesce(sql, '') FROM sqlite_master"))
+    finally:
+        memory.close()
+
+
+def table_columns() -> dict[str, list[tuple[str, str, bool]]]:
+    """Every table of the current schema: ``[(column, SQLite type, NOT NULL), ...]`` in column order."""
+    memory = sqlite3.connect(":memory:")
+    try:
+        memory.executescript(_SCHEMA + "".join(_MIGRATIONS[step] for step in range(2, SCHEMA_VERSION + 1)))
+        return {
+            table: [(row[1], row[2], bool(row[3])) for row in memory.execute(f"PRAGMA table_info({table})")]
+            for table in _TABLES
+        }
     finally:
         memory.close()
 
@@ -307,13 +420,61 @@ def _switch_to_wal(db: sqlite3.Connection, deadline: float) -> None:
             delay = min(delay * 2, 0.5)
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _header(path: Path) -> bytes:
+    """The first 100 bytes of ``path`` (SQLite's database header), or fewer; empty if unreadable."""
+    try:
+        with path.open("rb") as file:
+            return file.read(100)
+    except OSError:
+        return b""
+
+
+def _copied_without_wal(path: Path) -> bool:
+    """Whether ``path`` is a WAL-mode database with no ``-wal`` file beside it.
+
+    Header bytes 18 and 19 are 2 in WAL mode. A live WAL connection keeps its ``-wal`` file; the last one to
+    close folds it into the database and removes it, so such a file is either finished or a partial copy.
+    """
+    header = _header(path)
+    return header[18:20] == b"\x02\x02" and not path.with_name(path.name + "-wal").exists()
+
+
+def _readonly_uri(path: Path) -> str:
+    """An SQLite URI that reads ``path`` without writing anything, next to it or into it.
+
+    ``mode=ro`` alone still creates ``-wal`` and ``-shm`` files beside a WAL-mode database, which fails in a
+    read-only directory (a copy on read-only media or in a colleague's folder). ``immutable=1`` promises
+    SQLite that nobody changes the file, so it takes no locks and makes no side files: true when the
+    directory is not writable, and when a WAL-mode store has no ``-wal`` file (no writer is live). A store
+    being written keeps the plain read-only open, which sees every row its writer has committed.
+    """
+    immutable = not os.access(path.parent, os.W_OK) or _copied_without_wal(path)
+    return f"{path.resolve().as_uri()}?mode=ro" + ("&immutable=1" if immutable else "")
+
+
+def _unreadable(path: Path, error: sqlite3.DatabaseError, readonly: bool) -> StoreError:
+    """One line saying why SQLite could not read ``path``: not SQLite at all, or what SQLite said."""
+    header = _header(path)
+    if not header.startswith(SQLITE_HEADER):
+        found = "an empty file" if not header else f"a file starting {header[:16]!r}"
+        return StoreError(f"{path}: not an SQLite results store: {found}, expected an SQLite database")
+    wal = path.with_name(path.name + "-wal")
+    side = f"; its {wal.name} file may need a writable directory: copy both to one" if wal.exists() else ""
+    how = "read-only" if readonly else "for writing"
+    return StoreError(f"{path}: an SQLite file that SQLite cannot open {how} ({error}){side}")
+
+
 class ResultsStore:
     """A results store file; use as a context manager or call :meth:`close`."""
 
-    def __init__(self, connection: sqlite3.Connection, path: Path, readonly: bool) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: Path, readonly: bool, version: int) -> None:
         self._db = connection
         self.path = path
         self.readonly = readonly
+        self.schema_version = version
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, readonly: bool = False) -> ResultsStore:
@@ -326,7 +487,7 @@ class ResultsStore:
         if readonly:
             if not path.is_file():
                 raise StoreError(f"{path}: no results store here")
-            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            db = sqlite3.connect(_readonly_uri(path), uri=True, timeout=30)
             db.execute("PRAGMA trusted_schema = OFF")
             db.execute("PRAGMA query_only = ON")
         else:
@@ -338,25 +499,33 @@ class ResultsStore:
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA foreign_keys = ON")
         try:
-            cls._check_schema(db, path, create=not readonly)
+            version = cls._check_schema(db, path, create=not readonly)
         except BaseException:
             db.close()
             raise
-        return cls(db, path, readonly)
+        return cls(db, path, readonly, version)
 
     @staticmethod
-    def _check_schema(db: sqlite3.Connection, path: Path, create: bool) -> None:
+    def _check_schema(db: sqlite3.Connection, path: Path, create: bool) -> int:
+        """Check (writable: create or upgrade) the schema; returns the schema version."""
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             objects = set(db.execute("SELECT type, name, coalesce(sql, '') FROM sqlite_master"))
         except sqlite3.DatabaseError as error:
-            raise StoreError(f"{path}: not an SQLite results store ({error})") from None
+            raise _unreadable(path, error, readonly=not create) from None
+        if not objects and not create and _copied_without_wal(path):
+            raise StoreError(
+                f"{path}: holds no tables: a WAL-mode store copied without its {path.name}-wal file, which "
+                f"held its data; copy {path.name}-wal beside it, or copy the store again once the run "
+                "writing it has finished (its data is then all in this one file)"
+            )
         if not objects and create:
             # Another process may be creating the same store right now: decide under the write lock.
             db.execute("BEGIN IMMEDIATE")
             try:
                 if not db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
-                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                    script = _SCHEMA + "".join(_MIGRATIONS[step] for step in range(2, SCHEMA_VERSION + 1))
+                    for statement in filter(str.strip, script.split(";")):
                         db.execute(statement)
                     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 db.execute("COMMIT")
@@ -365,17 +534,43 @@ class ResultsStore:
                 raise
             version = db.execute("PRAGMA user_version").fetchone()[0]
             objects = set(db.execute("SELECT type, name, coalesce(sql, '') FROM sqlite_master"))
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise StoreError(
-                f"{path}: results store schema version {version}, this vlamergebench reads {SCHEMA_VERSION}"
+                f"{path}: results store schema version {version}, this vlamergebench reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}"
             )
-        expected = _expected_schema()
+        ResultsStore._check_objects(objects, version, path)
+        if create and version < SCHEMA_VERSION:
+            ResultsStore._upgrade(db, path)
+            version = SCHEMA_VERSION
+        return version
+
+    @staticmethod
+    def _check_objects(objects: set[tuple[str, str, str]], version: int, path: Path) -> None:
+        expected = _expected_schema(version)
         if objects != expected:
             extra = sorted(name for _, name, _ in objects - expected)
             missing = sorted(name for _, name, _ in expected - objects)
             raise StoreError(
-                f"{path}: schema differs from version {SCHEMA_VERSION}: extra {extra}, missing {missing}"
+                f"{path}: schema differs from version {version}: extra {extra}, missing {missing}"
             )
+
+    @staticmethod
+    def _upgrade(db: sqlite3.Connection, path: Path) -> None:
+        """Bring an older store to :data:`SCHEMA_VERSION` (under the write lock: others may open it too)."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in filter(str.strip, _MIGRATIONS[step].split(";")):
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        objects = set(db.execute("SELECT type, name, coalesce(sql, '') FROM sqlite_master"))
+        ResultsStore._check_objects(objects, SCHEMA_VERSION, path)
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -443,10 +638,13 @@ class ResultsStore:
                 "never mixed"
             )
 
-    def add_episode(self, episode: EpisodeRecord, retry_errors: bool = False) -> bool:
-        """Commit one finished episode; False (and nothing changed) if that episode is already stored.
+    def add_episode(
+        self, episode: EpisodeRecord, retry_errors: bool = False, video: VideoRecord | None = None
+    ) -> bool:
+        """Commit one finished episode (and its video); False (and nothing changed) if it is already stored.
 
-        A stored infrastructure error (with ``retry_errors``: any stored error) is replaced instead.
+        A stored infrastructure error (with ``retry_errors``: any stored error) is replaced instead, and so is
+        the video row of the episode it replaces (dropped when the new episode has none).
         """
         values = {
             **{name: getattr(episode, name) for name in EPISODE_KEY},
@@ -468,17 +666,36 @@ class ResultsStore:
             "worker_pid": int(episode.worker_pid),
             "finished_at": _now(),
         }
+        if video is not None and tuple(video.key) != episode.key:
+            raise StoreError(
+                f"{self.path}: video {video.path} belongs to episode {video.key}, not {episode.key}"
+            )
         names = ", ".join(values)
         marks = ", ".join("?" * len(values))
         updates = ", ".join(f"{name} = excluded.{name}" for name in values if name not in EPISODE_KEY)
         column = "episodes.error"
         replaceable = f"{column} IS NOT NULL" if retry_errors else _infrastructure_sql(column)
-        cursor = self._db.execute(
-            f"INSERT INTO episodes ({names}) VALUES ({marks}) ON CONFLICT ({', '.join(EPISODE_KEY)})"
-            f" DO UPDATE SET {updates} WHERE {replaceable}",
-            tuple(values.values()),
-        )
-        return cursor.rowcount == 1
+        self._db.execute("BEGIN IMMEDIATE")  # the episode and its video row commit together
+        try:
+            cursor = self._db.execute(
+                f"INSERT INTO episodes ({names}) VALUES ({marks}) ON CONFLICT ({', '.join(EPISODE_KEY)})"
+                f" DO UPDATE SET {updates} WHERE {replaceable}",
+                tuple(values.values()),
+            )
+            stored = cursor.rowcount == 1
+            if stored:  # a writable store is always of the latest version
+                where = " AND ".join(f"{name} = ?" for name in EPISODE_KEY)
+                self._db.execute(f"DELETE FROM videos WHERE {where}", episode.key)
+                if video is not None:
+                    marks = ", ".join("?" * len(VIDEO_COLUMNS))
+                    self._db.execute(
+                        f"INSERT INTO videos ({', '.join(VIDEO_COLUMNS)}) VALUES ({marks})", video.row()
+                    )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return stored
 
     def add_storage(self, record: StorageRecord) -> None:
         """Store a run's storage figures; recording them again must give the same numbers."""
@@ -520,6 +737,14 @@ class ResultsStore:
         """The ``storage`` table."""
         return self._frame("SELECT * FROM storage ORDER BY run_id, admission_step")
 
+    def videos_frame(self) -> pd.DataFrame:
+        """The ``videos`` table (no rows in a version-1 store), in episode order."""
+        import pandas as pd
+
+        if self.schema_version < 2:
+            return pd.DataFrame(columns=list(VIDEO_COLUMNS))
+        return self._frame(f"SELECT * FROM videos ORDER BY {_EPISODE_KEY_SQL}")
+
     def _frame(self, query: str) -> pd.DataFrame:
         import pandas as pd
 
@@ -543,6 +768,8 @@ class ResultsStore:
         """Column names and every row of ``table`` (``runs``, ``episodes`` or ``storage``), as stored."""
         if table not in _TABLES:
             raise StoreError(f"{self.path}: no table {table!r}; tables: {list(_TABLES)}")
+        if table not in _VERSION_TABLES[self.schema_version]:
+            return list(VIDEO_COLUMNS), []
         cursor = self._db.execute(f"SELECT * FROM {table}")
         return [column[0] for column in cursor.description], cursor.fetchall()
 

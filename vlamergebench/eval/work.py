@@ -10,13 +10,16 @@ import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlamergebench.eval.policy import PolicySourceFactory, RouterFactory, check_policy_source, check_router
 from vlamergebench.eval.rollout import EpisodeOutcome, rollout, rollout_batch
 from vlamergebench.eval.shards import Shard
 from vlamergebench.eval.store import EpisodeRecord, RunRecord
 from vlamergebench.provenance import canonical_json, episode_seed
+
+if TYPE_CHECKING:
+    from vlamergebench.eval.video import FrameRecorder
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ class RunOptions:
         shard: Run only this slice of the episode plan; None runs all of it.
         batch_envs: Simulators a worker steps side by side, with one policy query per chunk for all of them
             (policies with ``predict_batch``; others run one episode at a time).
+        record_videos: Record a video of episodes ``0 .. record_videos - 1`` of every task unit and phase
+            (:mod:`vlamergebench.eval.video`); 0 records none.
         device: The policies' torch device (resolved, never ``auto``); with ``cuda`` the Ray executor gives
             each actor its share of the cluster's GPUs (Ray hides GPUs from actors that ask for none).
     """
@@ -126,6 +131,7 @@ class RunOptions:
     ray_address: str | None = None
     shard: Shard | None = None
     batch_envs: int = 1
+    record_videos: int = 0
     device: str = "cpu"
 
 
@@ -154,7 +160,10 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class EpisodeJob:
-    """Everything a process needs besides the env and the contender to produce one stored row."""
+    """Everything a process needs besides the env and the contender to produce one stored row.
+
+    ``record_videos``: episodes ``0 .. record_videos - 1`` carry their encoded video to the runner.
+    """
 
     run_id: str
     run_seed: int
@@ -162,6 +171,15 @@ class EpisodeJob:
     max_steps: int | None
     versions: Mapping[str, str]
     git_rev: str
+    record_videos: int = 0
+
+    def recorder(self, episode_index: int) -> FrameRecorder | None:
+        """A frame recorder for episode ``episode_index`` if its video is wanted, else None."""
+        if episode_index >= self.record_videos:
+            return None
+        from vlamergebench.eval.video import FrameRecorder
+
+        return FrameRecorder()
 
 
 @dataclass(frozen=True)
@@ -252,8 +270,10 @@ def run_item(item: WorkItem, resources: Resources, batch: int = 1) -> Iterator[t
             raise ValueError(f"{unit.env_id}: no max_episode_steps in its spec; set RunOptions.max_steps")
         yield "start", k
         seed = episode_seed(job.run_seed, unit.skill, k)
-        out = rollout(env, source, router, skill=unit.skill, seed=seed, init_state_id=k, max_steps=max_steps)
-        yield "episode", episode_record(item, k, seed, out, os.getpid())
+        recorder = job.recorder(k)
+        out = rollout(env, source, router, skill=unit.skill, seed=seed, init_state_id=k, max_steps=max_steps,
+                      frames=recorder)  # fmt: skip
+        yield "episode", episode_record(item, k, seed, out, os.getpid(), recorder)
         if out.error is not None:  # the simulator may be left broken: build a fresh one
             resources.discard_env(unit)
 
@@ -271,22 +291,26 @@ def _run_batched(
         for k in group:
             yield "start", k
         seeds = [episode_seed(job.run_seed, unit.skill, k) for k in group]
+        recorders = [job.recorder(k) for k in group]
         outcomes = rollout_batch(envs, source, router, skill=unit.skill, seeds=seeds, init_state_ids=group,
-                                 max_steps=max_steps)  # fmt: skip
-        for slot, (k, seed, out) in enumerate(zip(group, seeds, outcomes, strict=True)):
-            yield "episode", episode_record(item, k, seed, out, os.getpid())
+                                 max_steps=max_steps, frames=recorders)  # fmt: skip
+        for slot, (k, seed, out, recorder) in enumerate(zip(group, seeds, outcomes, recorders, strict=True)):
+            yield "episode", episode_record(item, k, seed, out, os.getpid(), recorder)
             if out.error is not None:
                 resources.discard_env(unit, slot)
 
 
-def episode_record(item: WorkItem, k: int, seed: int, out: EpisodeOutcome, pid: int) -> EpisodeRecord:
-    """The stored row of episode ``k`` of ``item``."""
+def episode_record(
+    item: WorkItem, k: int, seed: int, out: EpisodeOutcome, pid: int, frames: FrameRecorder | None = None
+) -> EpisodeRecord:
+    """The stored row of episode ``k`` of ``item``, with its encoded video when ``frames`` recorded any."""
     unit, job = item.unit, item.job
+    video = frames.encode() if frames is not None and frames.frames else None
     return EpisodeRecord(
         run_id=job.run_id, admission_step=job.admission_step, skill=unit.skill, suite=unit.suite,
         task=unit.task, env_id=unit.env_id, env_kwargs=unit.env_kwargs, variant=unit.variant,
         perturbation_axis=unit.perturbation_axis, perturbation_level=unit.perturbation_level,
         episode_index=k, init_state_id=k, seed=seed, routed_skill=out.routed_skill, routing_s=out.routing_s,
         success=out.success, steps=out.steps, wall_s=out.wall_s, error=out.error, instruction=out.instruction,
-        versions=job.versions, git_rev=job.git_rev, worker_pid=pid,
+        versions=job.versions, git_rev=job.git_rev, worker_pid=pid, video=video,
     )  # fmt: skip

@@ -58,9 +58,9 @@ class CollectConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
-        if self.suite not in vlamergebench.envs.LIBERO_SUITES:
+        if self.suite not in vlamergebench.envs.LIBERO_ENV_IDS:
             raise ValueError(
-                f"unknown suite {self.suite!r}; valid: {sorted(vlamergebench.envs.LIBERO_SUITES)}"
+                f"unknown suite {self.suite!r}; valid: {sorted(vlamergebench.envs.LIBERO_ENV_IDS)}"
             )
         if self.episodes < 1 or self.start_init_state < 0:
             raise ValueError(
@@ -76,7 +76,7 @@ class CollectConfig:
     @property
     def env_id(self) -> str:
         """The registered Gymnasium id of the suite."""
-        return f"vlamergebench/{vlamergebench.envs.LIBERO_SUITES[self.suite][0]}-v0"
+        return vlamergebench.envs.LIBERO_ENV_IDS[self.suite]
 
 
 @dataclass

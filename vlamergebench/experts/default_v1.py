@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlamergebench.envs import LIBERO_SUITES
+from vlamergebench.envs import LIBERO_ENV_IDS
 from vlamergebench.experts.stages import StageLog
 
 
@@ -35,7 +35,7 @@ class SkillRecipe:
     @property
     def env_id(self) -> str:
         """The Gymnasium id of the skill's suite."""
-        return f"vlamergebench/{LIBERO_SUITES[self.suite][0]}-v0"
+        return LIBERO_ENV_IDS[self.suite]
 
 
 SKILLS = (

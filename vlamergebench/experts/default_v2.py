@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlamergebench.envs import LIBERO_SUITES
+from vlamergebench.envs import LIBERO_ENV_IDS
 from vlamergebench.experts.stages import StageLog
 
 
@@ -55,7 +55,7 @@ class SkillRecipe:
     @property
     def env_id(self) -> str:
         """The Gymnasium id of the skill's suite."""
-        return f"vlamergebench/{LIBERO_SUITES[self.suite][0]}-v0"
+        return LIBERO_ENV_IDS[self.suite]
 
 
 # (suite, task ids) the base is pretrained on: every scene family, none of the experts' tasks.

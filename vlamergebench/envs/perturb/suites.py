@@ -19,11 +19,12 @@ from typing import Any
 
 import gymnasium as gym
 
+from vlamergebench.envs import LIBERO_PERTURBED_IDS
 from vlamergebench.envs.libero import LiberoEnv
 from vlamergebench.envs.perturb.config import AXES, MAX_LEVEL, PerturbationConfig
 
 VARIANT_SEEDS = (0, 1)
-PERTURBED_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
+PERTURBED_SUITES = tuple(LIBERO_PERTURBED_IDS)  # the base suites with a registered perturbed id
 PROTOCOL_INIT_STATE_ID = 0  # each (task, variant) is one episode from this init state, as in LIBERO-Plus
 
 
