@@ -2,12 +2,14 @@
 
 Bundles come from anyone, so a run capped at a few steps on one task must never be ranked beside a full run.
 The settings that change the ranked number form an entry's *comparability key*: the expert set, the tasks
-evaluated (suite and task), the episodes per task, the init states, the step cap and the image size. The
+evaluated (suite and task), the episodes per task, the init states, the step cap, the image size and the
+render profile (``fast`` renders decimated visual meshes: other pixels than ``full``). The
 board's *reference settings* are the key shared by the most entries (ties: the most episodes, then the
 earliest label); entries with another key are shown in a separate, labelled table and never ranked.
 
 Shown but not part of the key: perturbed variants (each has its own rows), the run seeds (the paired
-statistics match episodes by seed and say how many pairs they found) and the package versions.
+statistics match episodes by seed and say how many pairs they found), the policies' device and dtype, and
+the package versions.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ KEY_COLUMNS = (
     "init_states",
     "max_steps",
     "image_size",
+    "render_profile",
 )
 
 
@@ -53,8 +56,9 @@ def _one_or_varies(values: Any) -> str:
 def entry_settings(results: Results) -> pd.DataFrame:
     """One row per entry: its evaluation settings, its comparability key and whether it matches the reference.
 
-    Columns: ``entry``, the entry columns, ``runs``, ``seeds``, the :data:`KEY_COLUMNS`, ``suites``,
-    ``tasks``, ``perturbations``, ``versions``, ``git``, ``comparable`` (its key is the reference key) and
+    Columns: ``entry``, the entry columns, ``runs``, ``seeds``, the :data:`KEY_COLUMNS`, ``device`` (the
+    policies' device and dtype), ``suites``, ``tasks``, ``perturbations``, ``versions``, ``git``,
+    ``comparable`` (its key is the reference key) and
     ``differs_in`` (the key columns where it differs from the reference).
     """
     import pandas as pd
@@ -85,6 +89,11 @@ def entry_settings(results: Results) -> pd.DataFrame:
                 ),
                 "max_steps": _one_or_varies(s.get("max_steps") or "env limit" for s in settings),
                 "image_size": _one_or_varies(s.get("image_size") or "policy input" for s in settings),
+                # absent from the settings of runs under the defaults, so their run ids stay as they were
+                "render_profile": _one_or_varies(s.get("render_profile") or "full" for s in settings),
+                "device": _one_or_varies(
+                    f"{s.get('device') or 'cpu'} {s.get('dtype') or 'float32'}" for s in settings
+                ),
                 "suites": mine["suite"].nunique(),
                 "tasks": len(per_task),
                 "perturbations": ", ".join(

@@ -1,10 +1,11 @@
 """The entries board: how every entry was evaluated, the board's reference settings and each config's values.
 
 A leaderboard number means little without its settings: this board lists, per entry, the expert set, the
-suites and tasks covered, episodes per task, init states, the step cap, the image size, the perturbed
-variants, the seeds and the package versions; it marks the entries whose settings differ from the board's
-reference (they are not ranked, :mod:`~vlamergebench.leaderboards.comparability`) and spells out the
-resolved config behind every ``cfg`` tag of an entry label.
+suites and tasks covered, episodes per task, init states, the step cap, the image size, the render profile,
+the policies' device, the perturbed variants, the seeds and the package versions; it marks the entries
+whose settings differ from the board's reference (they are not ranked,
+:mod:`~vlamergebench.leaderboards.comparability`) and spells out the resolved config behind every ``cfg``
+tag of an entry label.
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
             "init_states",
             "max_steps",
             "image_size",
+            "render_profile",
+            "device",
             "seeds",
             "perturbations",
         ]
@@ -106,8 +109,9 @@ BOARD = Board(
     display=display,
     notes=[
         "Only the settings that change the ranked number decide comparability: the expert set, the tasks, "
-        "the episodes per task, the init states, the step cap and the image size. Perturbed variants, seeds "
-        "and package versions are shown but do not split the ranking."
+        "the episodes per task, the init states, the step cap, the image size and the render profile. "
+        "Perturbed variants, seeds, the policies' device and package versions are shown but do not split "
+        "the ranking."
     ],
     page_note="How each entry was evaluated; entries under other settings than the reference are not ranked.",
 )

@@ -511,6 +511,7 @@ def _run_run(args: argparse.Namespace) -> int:
             workers=args.workers or min(2, os.cpu_count() or 1),
             max_steps=args.max_steps,
             image_size=args.image_size,
+            render_profile=args.render_profile,
             perturbations=tuple(item for item in args.perturbations.split(",") if item),
             progress=not args.no_progress,
             shard=args.shard,

@@ -64,7 +64,15 @@ def method_overrides(method_config: str | None, sets: list[str]) -> dict[str, An
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    """``--tokenizer-dir``, ``--device``, ``--dtype``: how policies run (``run`` and ``eval``)."""
+    """``--render-profile``, ``--tokenizer-dir``, ``--device``, ``--dtype`` of ``run`` and ``eval``."""
+    parser.add_argument(
+        "--render-profile",
+        choices=("full", "fast"),
+        default="full",
+        help="full (default): LIBERO's meshes as installed; fast: large visual-only meshes decimated to a "
+        "tenth of their triangles (cached under ~/.cache/vlamergebench/meshes; physics unchanged, pixels "
+        "close but not equal: such entries are ranked apart, docs/scaling.md)",
+    )
     parser.add_argument(
         "--tokenizer-dir",
         default=None,
@@ -72,7 +80,13 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
         help="local directory of the tokenizer files (tokenizer.json ...) for presets with a file-based "
         "tokenizer, e.g. the reference preset's Qwen2.5 tokenizer",
     )
-    parser.add_argument("--device", default="cpu", help="torch device of the policies: cpu, cuda, cuda:1")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        metavar="DEVICE",
+        help="torch device of the policies: cpu (default), cuda, cuda:N, or auto (cuda when this machine has "
+        "a GPU, else cpu); a non-default device is part of the run's settings",
+    )
     parser.add_argument(
         "--dtype",
         default="float32",
@@ -225,6 +239,7 @@ def run_eval(args: argparse.Namespace) -> int:
             workers=args.workers or min(2, os.cpu_count() or 1),
             max_steps=args.max_steps,
             image_size=args.image_size,
+            render_profile=args.render_profile,
             progress=not args.no_progress,
             tokenizer_dir=args.tokenizer_dir,
             device=args.device,

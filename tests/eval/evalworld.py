@@ -101,6 +101,49 @@ class PointEnv(gym.Env):
 
 
 gym.register("vlamergebench_test/Point-v0", entry_point=PointEnv, max_episode_steps=40)
+VLA_ENV_ID = "evalworld:vlamergebench_test/VlaPoint-v0"
+
+
+class VlaPointEnv(PointEnv):
+    """PointEnv with a VLA's observations and actions (LIBERO's keys and shapes), for real tiny VLA policies.
+
+    Observation: ``agentview_image`` and ``wrist_image`` uint8 (16, 16, 3) showing the point, ``state``
+    float32 (8,) (the position, then zeros), the instruction. Action: float32 (7,); the first two move the
+    point. Leaving the square [-1, 1]^2 ends the episode as a failure, so an episode's length follows the
+    policy's actions.
+    """
+
+    def __init__(self, task: str = "left"):
+        super().__init__(task)
+        image = spaces.Box(0, 255, (16, 16, 3), np.uint8)
+        self.observation_space = spaces.Dict(
+            {
+                "agentview_image": image,
+                "wrist_image": image,
+                "state": spaces.Box(-2, 2, (8,), np.float32),
+                "instruction": spaces.Text(64, charset="abcdefghijklmnopqrstuvwxyz "),
+            }
+        )
+        self.action_space = spaces.Box(-1, 1, (7,), np.float32)
+
+    def _observation(self):
+        image = np.full((16, 16, 3), 40, np.uint8)
+        col, row = (np.clip((self.position + 1) * 8, 0, 15)).astype(int)
+        image[max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2] = (255, 200, 0)
+        state = np.zeros(8, np.float32)
+        state[:2] = self.position
+        return {"agentview_image": image, "wrist_image": image[::-1].copy(), "state": state,
+                "instruction": f"go {self.task}"}  # fmt: skip
+
+    def step(self, action):
+        self.steps += 1
+        self.position = self.position + 10 * SPEED * np.clip(np.asarray(action)[:2], -1, 1)
+        info = self._info()
+        ended = info["is_success"] or bool(np.abs(self.position).max() > 1)  # reached, or left the square
+        return self._observation(), float(info["is_success"]), ended, False, info
+
+
+gym.register("vlamergebench_test/VlaPoint-v0", entry_point=VlaPointEnv, max_episode_steps=24)
 
 
 class GoalSeeker:

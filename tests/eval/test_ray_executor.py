@@ -1,14 +1,16 @@
 """The Ray executor on a real local Ray cluster and the point env: same episodes and outcomes as the local
-executor, an actor killed mid-episode, a deterministic killer stored as an infrastructure error, and the
-driver killed and rerun."""
+executor, an actor killed mid-episode, a deterministic killer stored as an infrastructure error, the driver
+killed and rerun, and a merged model sent through the object store to an actor that cannot see its path."""
 
 from __future__ import annotations
 
 import functools
+import glob
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,10 +20,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import evalworld  # noqa: E402
+from tinyexperts import make_expert_set  # noqa: E402
 
 from vlamergebench.eval.runner import run_phase  # noqa: E402
+from vlamergebench.eval.sources import merged_model_dirs, merged_policies  # noqa: E402
 from vlamergebench.eval.store import EPISODE_KEY, ResultsStore, RunRecord  # noqa: E402
 from vlamergebench.eval.work import Contender, Phase, RunOptions, TaskUnit  # noqa: E402
+from vlamergebench.merge_methods.registry import make_method  # noqa: E402
+from vlamergebench.policies.checkpoint import ExpertSet  # noqa: E402
 
 ray = pytest.importorskip("ray")
 
@@ -50,8 +56,8 @@ def _run():
                             protocol="one_shot", routing_mode="oracle", router=None, run_seed=5)  # fmt: skip
 
 
-def _evaluate(where, units, episodes, **options):
-    contender = Contender(functools.partial(evalworld.Controllers, SKILLS))
+def _evaluate(where, units, episodes, contender=None, **options):
+    contender = contender or Contender(functools.partial(evalworld.Controllers, SKILLS))
     with ResultsStore.open(where) as store:
         summary = run_phase(
             store, _run(), Phase(1, units, episodes), contender, RunOptions(progress=False, **options)
@@ -124,3 +130,27 @@ def test_ray_driver_killed_and_rerun_loses_and_repeats_nothing(cluster, tmp_path
     kept = before.set_index(list(EPISODE_KEY))
     assert after.set_index(list(EPISODE_KEY)).loc[kept.index].equals(kept)  # finished rows untouched
     assert after["error"].isna().all()
+
+
+def test_a_merged_model_reaches_an_actor_that_cannot_see_its_path(cluster, tmp_path, monkeypatch):
+    skills = [{"name": s, "suite": "points", "task": s, "task_id": i, "env_id": evalworld.VLA_ENV_ID}
+              for i, s in enumerate(SKILLS)]  # fmt: skip
+    experts = ExpertSet.open(make_expert_set(tmp_path / "experts", skills))
+    monkeypatch.chdir(tmp_path)  # the actors keep the working directory the cluster started in
+    merged = "merged/ta"  # relative: this process sees it, the actors do not
+    make_method("ta").merge(experts, merged, progress=False)
+    sees = ray.remote(num_cpus=0)(lambda path: os.path.isdir(path))
+    assert not ray.get(sees.remote(merged))
+    units = tuple(TaskUnit(s, "points", s, evalworld.VLA_ENV_ID, {"task": s}) for s in SKILLS)
+    contender = Contender(merged_policies(merged), model_dirs=merged_model_dirs(merged))
+    assert contender.model_dirs == ("merged/ta", os.path.normpath(experts.base.path))  # the base: visible
+    copies_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "vlamergebench-model-*")))
+
+    _, local = _evaluate(tmp_path / "local", units, 3, contender)
+    summary, on_ray = _evaluate(tmp_path / "ray", units, 3, contender, executor="ray", workers=1)
+    assert summary.ran == 6 and on_ray["error"].isna().all() and local["error"].isna().all()
+    assert on_ray[COLUMNS].equals(local[COLUMNS])
+    assert local["steps"].nunique() > 1  # episode lengths follow the model's actions
+    assert os.getpid() not in set(on_ray["worker_pid"])
+    # the actor's copy is deleted when the run ends
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "vlamergebench-model-*"))) == copies_before

@@ -76,14 +76,13 @@ def test_comparability_zero_folding_and_paired_columns(tmp_path):
     with ResultsStore.open(tmp_path / "r") as store:
         _fill(
             store,
-            {"expert_bank": 8, "good": 7, "zero_a": 0, "zero_b": 0, "capped": 2},
-            settings={"capped": {"max_steps": 16}},
+            {"expert_bank": 8, "good": 7, "zero_a": 0, "zero_b": 0, "capped": 2, "fast": 8},
+            settings={"capped": {"max_steps": 16}, "fast": {"render_profile": "fast"}},
         )
     build_leaderboards([tmp_path / "r"], tmp_path / "out", ["success", "entries"])
     overall = pd.read_csv(tmp_path / "out" / "success_overall.csv").set_index("entry")
-    assert not overall.loc["capped · oracle", "comparable"] and np.isnan(
-        overall.loc["capped · oracle", "rank"]
-    )
+    for other in ("capped · oracle", "fast · oracle"):  # a step cap, decimated meshes: not ranked
+        assert not overall.loc[other, "comparable"] and np.isnan(overall.loc[other, "rank"])
     assert overall.loc["expert_bank · oracle", "rank"] == overall.loc["good · oracle", "rank"] == 1
     assert overall.loc["zero_a · oracle", "rank"] == 3  # both others are significantly better (24 pairs)
     assert overall.loc["good · oracle", "vs_bank"] == pytest.approx(-1 / 8)
@@ -97,9 +96,14 @@ def test_comparability_zero_folding_and_paired_columns(tmp_path):
     )
     not_ranked = markdown.split("## Not ranked: evaluated under other settings")[1].split("\n## ")[0]
     assert "| capped · oracle |" in not_ranked and "capped" not in markdown.split("\n## ")[1]
+    assert "| fast · oracle |" in not_ranked and "fast" not in markdown.split("\n## ")[1]
     entries = (tmp_path / "out" / "entries.md").read_text()
     assert (
-        "| capped · oracle | set0 | 1 | 1 | 2 | 0-1 | 16 | policy input | 0 |  | no: differs in "
-        "tasks_covered, episodes_per_task, init_states, max_steps |" in entries
+        "| capped · oracle | set0 | 1 | 1 | 2 | 0-1 | 16 | policy input | full | cpu float32 | 0 |  | no: "
+        "differs in tasks_covered, episodes_per_task, init_states, max_steps |" in entries
+    )
+    assert (
+        "| fast · oracle | set0 | 2 | 3 | 8 | 0-7 | env limit | policy input | fast | cpu float32 | 0 |  "
+        "| no: differs in render_profile |" in entries
     )
     assert "| expert_bank | " in entries and 'method="expert_bank"' in entries

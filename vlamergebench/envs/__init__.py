@@ -59,6 +59,11 @@ LIBERO_PERTURBED_IDS: dict[str, str] = {
     for _suite in ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 }
 
+# The ids whose envs take ``render_profile`` ("full" or "fast": decimated visual meshes, envs/fast_meshes.py).
+RENDER_PROFILE_IDS: frozenset[str] = frozenset(
+    [f"vlamergebench/{_name}-v0" for _name, _ in LIBERO_SUITES.values()] + list(LIBERO_PERTURBED_IDS.values())
+)
+
 # --- SO-101 arm: MuJoCo twin and real-arm adapter (vlamergebench/envs/so101.py) -----------------------
 # Tasks (task=<name or index>): pick_place_cube, push_cube, stack_cubes. 300 steps = 10 s at 30 Hz on the twin
 # (the scripted experts need 60..250); a real arm gets 30 s and its operator ends episodes sooner.

@@ -31,6 +31,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from vlamergebench.envs import fast_meshes
 from vlamergebench.envs.contract import (
     check_image_size,
     check_init_state_id,
@@ -39,6 +40,7 @@ from vlamergebench.envs.contract import (
     instruction_space,
     reset_options,
 )
+from vlamergebench.envs.fast_meshes import check_render_profile
 
 ACTION_DIM = 7
 PROPRIO_DIM = 8
@@ -153,7 +155,8 @@ class LiberoEnv(gym.Env):
     ``suite`` (set by the registered id), ``task`` (int id in LIBERO's order, or the task name),
     ``image_size`` (square side in pixels, default 224), ``settle_steps`` (10), ``camera_rendering`` (True;
     False gives physics-only steps whose camera entries repeat the last frame), ``fixture_seed`` (0),
-    ``render_mode`` (None or ``"rgb_array"``: the upright agentview frame).
+    ``render_mode`` (None or ``"rgb_array"``: the upright agentview frame), ``render_profile`` (``"full"``, or
+    ``"fast"``: large visual-only meshes decimated, physics unchanged; :mod:`vlamergebench.envs.fast_meshes`).
 
     Privileged access (scripted experts, demo collection): ``env.unwrapped.sim_env`` is LIBERO's
     ``ControlEnv`` (``.env`` the robosuite env with ``objects_dict``, ``parsed_problem``, ``.sim``), built on
@@ -174,11 +177,13 @@ class LiberoEnv(gym.Env):
         camera_rendering: bool = True,
         fixture_seed: int = 0,
         render_mode: str | None = None,
+        render_profile: str = "full",
     ) -> None:
         image_size = check_image_size(image_size)
         if not isinstance(settle_steps, int) or settle_steps < 0:
             raise ValueError(f"settle_steps must be a non-negative int, got {settle_steps!r}")
         self.render_mode = check_render_mode(render_mode)
+        self.render_profile = check_render_profile(render_profile)
         self.suite = suite
         self.task_id, self._task = _resolve_task(suite, task)
         self.task_name: str = self._task.name
@@ -241,6 +246,9 @@ class LiberoEnv(gym.Env):
             try:
                 np.random.seed(self.fixture_seed)
                 sim_env = self._build_simulator()
+                if self.render_profile == "fast":  # the hard reset below compiles with decimated visuals
+                    visual = fast_meshes.visual_only_meshes(sim_env.sim.model._model)
+                    sim_env.env.set_xml_processor(fast_meshes.xml_processor(visual))
                 sim_env.reset()  # hard reset: builds the model and places the fixtures
             finally:
                 np.random.set_state(saved)

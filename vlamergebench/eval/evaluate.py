@@ -25,20 +25,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlamergebench.eval.devices import resolve_device
+from vlamergebench.eval.model_files import local_dir, model_dirs_of
 from vlamergebench.eval.policy import PolicyContractError, SingleSkillSource
 from vlamergebench.eval.run import (
     DEFAULT_EXPERTS,
     DTYPES,
     KeptExperts,
+    check_render_profile,
     check_writable,
     method_code_version,
     out_lock,
     path_safe,
+    run_settings,
     storage_record,
     task_units,
 )
 from vlamergebench.eval.runner import PhaseSummary, run_evaluations
-from vlamergebench.eval.sources import merged_policies
+from vlamergebench.eval.sources import merged_model_dirs, merged_policies
 from vlamergebench.eval.store import ResultsStore, RunRecord
 from vlamergebench.eval.work import Contender, Evaluation, Phase, RunOptions
 
@@ -58,8 +62,8 @@ class EvalConfig:
             one (``--method``); registered and installed methods need nothing.
         experts: Expert-set directory naming each skill's env; None is the embedded default set.
         select: Skill or suite names to evaluate; empty means all.
-        episodes_per_task, seeds, out, workers, max_steps, image_size, progress, tokenizer_dir, device,
-        dtype, record_videos: As ``RunConfig``.
+        episodes_per_task, seeds, out, workers, max_steps, image_size, render_profile, progress,
+        tokenizer_dir, device, dtype, record_videos: As ``RunConfig``.
     """
 
     kind: str
@@ -74,6 +78,7 @@ class EvalConfig:
     workers: int = 1
     max_steps: int | None = None
     image_size: int | None = None
+    render_profile: str = "full"
     progress: bool = True
     tokenizer_dir: str | None = None
     device: str = "cpu"
@@ -89,6 +94,8 @@ class EvalConfig:
             raise ValueError(f"EvalConfig: episodes_per_task, workers >= 1 and seeds non-empty: {self}")
         if self.record_videos < 0:
             raise ValueError(f"--record-videos must be >= 0, got {self.record_videos}")
+        check_render_profile(self.render_profile)
+        object.__setattr__(self, "device", resolve_device(self.device))
 
 
 def _checkpoint_source(
@@ -99,7 +106,11 @@ def _checkpoint_source(
     from vlamergebench.policies.policy import VLAPolicy
 
     policy = VLAPolicy.from_checkpoint(
-        path, base=base, tokenizer_dir=tokenizer_dir, dtype=getattr(torch, dtype), device=device
+        local_dir(path),
+        base=local_dir(base),
+        tokenizer_dir=None if tokenizer_dir is None else local_dir(tokenizer_dir),
+        dtype=getattr(torch, dtype),
+        device=device,
     )
     policy.model.eval()
     return SingleSkillSource(policy, skills)
@@ -147,11 +158,12 @@ def _evaluate(config: EvalConfig, experts_dir: Path) -> list[PhaseSummary]:
 
     experts = ExpertSet.open(experts_dir)
     image_size = config.image_size or int(experts.base.config["policy"]["vision"]["image_size"])
-    units = task_units(experts, config.select, image_size)
+    units = task_units(experts, config.select, image_size, render_profile=config.render_profile)
     skills = sorted({unit.skill for unit in units}, key=experts.skills.index)
     runtime = {"tokenizer_dir": config.tokenizer_dir, "device": config.device, "dtype": config.dtype}
     model = None
     code_version = None
+    model_dirs: tuple[str, ...] = ()
     if config.kind == "merged":
         from vlamergebench.merge_methods.merged import MergedModel
         from vlamergebench.plugins import trust_method
@@ -168,6 +180,7 @@ def _evaluate(config: EvalConfig, experts_dir: Path) -> list[PhaseSummary]:
         code_version = method_code_version(model.method.name)
         identity = {"merged": model.config_hash, "expert_set": model.expert_set_id, "config": model.config}
         factory: Any = merged_policies(model.path, config.method, **runtime)
+        model_dirs = merged_model_dirs(model.path, config.tokenizer_dir)
     elif config.kind == "checkpoint":
         checkpoint = CheckpointDir.open(config.subject)
         if checkpoint.role == "expert" and checkpoint.base_id != experts.base.base_id:
@@ -179,14 +192,13 @@ def _evaluate(config: EvalConfig, experts_dir: Path) -> list[PhaseSummary]:
         factory = functools.partial(
             _checkpoint_source, str(checkpoint.path.resolve()), base, tuple(skills), **runtime
         )
+        model_dirs = model_dirs_of([checkpoint.path.resolve(), base, config.tokenizer_dir])
     else:
         load_factory(config.subject)  # fails here, naming the path, rather than in every worker
         name = config.name or config.subject
         identity = {"factory": config.subject}
         factory = functools.partial(_factory_source, config.subject, tuple(skills))
-    settings: dict[str, Any] = {"max_steps": config.max_steps, "image_size": image_size}
-    if (config.device, config.dtype) != ("cpu", "float32"):
-        settings.update(device=config.device, dtype=config.dtype)
+    settings = run_settings(config, image_size)
     out = Path(config.out)
     step = len(experts.experts)
     evaluations = []
@@ -207,9 +219,10 @@ def _evaluate(config: EvalConfig, experts_dir: Path) -> list[PhaseSummary]:
             if model is not None:
                 store.add_storage(storage_record(run.run_id, step, model, KeptExperts()))
             phase = Phase(step, tuple(units), config.episodes_per_task)
-            evaluations.append(Evaluation(run, phase, Contender(factory), code_version))
+            contender = Contender(factory, model_dirs=model_dirs)
+            evaluations.append(Evaluation(run, phase, contender, code_version))
         options = RunOptions(workers=config.workers, max_steps=config.max_steps, progress=config.progress,
-                             record_videos=config.record_videos)  # fmt: skip
+                             record_videos=config.record_videos, device=config.device)  # fmt: skip
         return run_evaluations(store, evaluations, options, label=f"eval {name}")
 
 

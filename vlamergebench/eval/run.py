@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from vlamergebench.configs import from_mapping
+from vlamergebench.eval.devices import resolve_device
 from vlamergebench.eval.runner import EXECUTORS, PhaseSummary, run_evaluations
 from vlamergebench.eval.shards import Shard
-from vlamergebench.eval.sources import merged_policies, merged_router
+from vlamergebench.eval.sources import merged_model_dirs, merged_policies, merged_router
 from vlamergebench.eval.store import PROTOCOLS, ResultsStore, RunRecord, StorageRecord
 from vlamergebench.eval.work import Contender, Evaluation, Phase, RunOptions, TaskUnit
 
@@ -57,6 +58,8 @@ class RunConfig:
         workers: Worker processes for rollouts.
         max_steps: Cap on steps per episode; None keeps each env's registered limit.
         image_size: Camera resolution; None takes the policy's input size.
+        render_profile: ``full``, or ``fast``: LIBERO scenes rendered with decimated visual meshes
+            (:mod:`vlamergebench.envs.fast_meshes`); part of the run's settings and comparability key.
         perturbations: Perturbed variants to evaluate each LIBERO skill on as well (see
             :func:`perturbed_variants`): variant labels (``camera-L3-s0``), axis names (every level and seed
             of that axis), ``L<k>`` (every axis at level k, seed 0) or ``all``; empty: none.
@@ -67,7 +70,9 @@ class RunConfig:
         batch_envs: Simulators each worker steps side by side, one policy query per chunk for all of them.
         retry_errors: Also rerun stored episodes that ended in a simulator error.
         tokenizer_dir: Local directory of the tokenizer files, for presets with a file-based tokenizer.
-        device: Torch device the policies run on in each worker (``cpu``, ``cuda``, ``cuda:1``).
+        device: Torch device the policies run on in each worker (``cpu``, ``cuda``, ``cuda:1``, or ``auto``:
+            CUDA when this machine has it, else ``cpu``); resolved when the config is made
+            (:func:`~vlamergebench.eval.devices.resolve_device`), so ``device`` is always concrete.
         dtype: The policies' compute dtype (``float32``; ``bfloat16`` on a GPU).
         record_videos: Save episodes ``0 .. record_videos - 1`` of every task as MP4 videos under
             ``<out>/videos`` (:mod:`vlamergebench.eval.video`); not part of a run's identity.
@@ -85,6 +90,7 @@ class RunConfig:
     workers: int = 2
     max_steps: int | None = None
     image_size: int | None = None
+    render_profile: str = "full"
     perturbations: tuple[str, ...] = ()
     progress: bool = True
     shard: str | None = None
@@ -112,6 +118,9 @@ class RunConfig:
             raise ValueError(f"--executor {self.executor!r}: expected one of {', '.join(EXECUTORS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+        check_render_profile(self.render_profile)
+        # the policies run on the actors' machines under Ray, so a CUDA device is not checked on this one
+        object.__setattr__(self, "device", resolve_device(self.device, check_here=self.executor != "ray"))
         if self.tokenizer_dir is not None and not Path(self.tokenizer_dir).is_dir():
             raise ValueError(f"--tokenizer-dir {self.tokenizer_dir}: not a directory")
         if self.record_videos < 0:
@@ -125,6 +134,21 @@ class RunConfig:
     def from_dict(cls, data: Mapping[str, Any], where: str = "RunConfig") -> RunConfig:
         """Build from a mapping; an unknown key raises naming the known ones."""
         return from_mapping(cls, data, where)
+
+
+def check_render_profile(profile: str) -> None:
+    """Refuse a ``--render-profile`` LIBERO envs do not offer, or cannot here, naming the flag."""
+    import importlib.util
+
+    from vlamergebench.envs.fast_meshes import RENDER_PROFILES
+
+    if profile not in RENDER_PROFILES:
+        raise ValueError(f"--render-profile {profile!r}: expected one of {', '.join(RENDER_PROFILES)}")
+    if profile == "fast" and importlib.util.find_spec("fast_simplification") is None:
+        raise ValueError(
+            "--render-profile fast needs the fast-simplification library: "
+            "pip install 'vlamergebench[fast-render]'"
+        )
 
 
 def perturbed_variants(selection: Sequence[str]) -> list[Any]:
@@ -194,15 +218,22 @@ def skill_tasks(skill: Mapping[str, Any], where: str) -> list[tuple[int, str]]:
 
 
 def task_units(
-    experts: Any, select: Sequence[str], image_size: int, perturbations: Sequence[str] = ()
+    experts: Any,
+    select: Sequence[str],
+    image_size: int,
+    perturbations: Sequence[str] = (),
+    render_profile: str = "full",
 ) -> list[TaskUnit]:
     """One unit per task of each expert (skill), in admission order, keeping those named in ``select``.
 
-    ``select`` names skills or suites.
+    ``select`` names skills or suites. A ``render_profile`` other than ``full`` goes into every unit's env
+    kwargs (so into its simulator's key and every stored episode); an env that has no render profiles raises.
 
     With ``perturbations``, each kept skill also gets one unit per perturbed variant (after its clean unit).
     An env id that is not one of :func:`registered_env_ids` raises, naming the expert's ``config.json``.
     """
+    from vlamergebench.envs import RENDER_PROFILE_IDS
+
     variants = perturbed_variants(perturbations)
     allowed = registered_env_ids()
     units, known = [], set()
@@ -219,8 +250,15 @@ def task_units(
         known |= {skill["name"], skill["suite"]}
         if select and skill["name"] not in select and skill["suite"] not in select:
             continue
+        if render_profile != "full" and skill["env_id"] not in RENDER_PROFILE_IDS:
+            raise ValueError(
+                f"--render-profile {render_profile}: skill {skill['name']!r} runs on {skill['env_id']}, "
+                "which has no render profiles (LIBERO envs have them)"
+            )
         for task_id, task in skill_tasks(skill, f"{expert.path}/config.json"):
-            kwargs = {"task": task_id, "image_size": image_size}
+            kwargs: dict[str, Any] = {"task": task_id, "image_size": image_size}
+            if render_profile != "full":
+                kwargs["render_profile"] = render_profile
             units.append(TaskUnit(skill["name"], skill["suite"], task, skill["env_id"], kwargs))
             if variants:
                 perturbed_id = _perturbed_env_id(skill["suite"], f"{expert.path}/config.json")
@@ -354,7 +392,7 @@ def _run_command(config: RunConfig) -> list[PhaseSummary]:
         if mode not in ("oracle", "method"):
             ROUTERS.spec(mode)  # an unknown router raises, listing the registered ones
     image_size = config.image_size or int(experts.base.config["policy"]["vision"]["image_size"])
-    units = task_units(experts, config.select, image_size, config.perturbations)
+    units = task_units(experts, config.select, image_size, config.perturbations, config.render_profile)
     out = Path(config.out)
     models = models_per_step(method, experts, protocol, out, config.progress)
     code_version = method_code_version(config.method)
@@ -368,6 +406,7 @@ def _run_command(config: RunConfig) -> list[PhaseSummary]:
         batch_envs=config.batch_envs,
         retry_errors=config.retry_errors,
         record_videos=config.record_videos,
+        device=config.device,
     )
     evaluations = []
     with ResultsStore.open(out) as store:
@@ -400,17 +439,24 @@ def _run_command(config: RunConfig) -> list[PhaseSummary]:
                             device=config.device,
                             dtype=config.dtype,
                         )
-                        contender = Contender(policies, factory)
+                        dirs = merged_model_dirs(model.path, config.tokenizer_dir)
+                        contender = Contender(policies, factory, model_dirs=dirs)
                         phase = Phase(step, phase_units, config.episodes_per_task)
                         evaluations.append(Evaluation(run, phase, contender, code_version))
         return run_evaluations(store, evaluations, options, label=f"{config.method} ({protocol})")
 
 
-def run_settings(config: RunConfig, image_size: int) -> dict[str, Any]:
-    """Settings that are part of a run's identity; device and dtype only where not the CPU float32 default."""
+def run_settings(config: Any, image_size: int) -> dict[str, Any]:
+    """Settings that are part of a run's identity (of ``run``'s and ``eval``'s configs).
+
+    Device and dtype only where not the CPU float32 default, the render profile only where not ``full``: runs
+    under the defaults keep the ids they had before those settings existed.
+    """
     settings: dict[str, Any] = {"max_steps": config.max_steps, "image_size": image_size}
     if (config.device, config.dtype) != ("cpu", "float32"):
         settings.update(device=config.device, dtype=config.dtype)
+    if config.render_profile != "full":
+        settings["render_profile"] = config.render_profile
     return settings
 
 

@@ -1,19 +1,50 @@
 """Adapters from a merged model directory to what evaluation runs: a :class:`PolicySource` and a router.
 
 Both are built inside each worker from the directory's path (the factories below are picklable), so no model
-crosses a process boundary. A skill's policy is the canonical ``VLAPolicy`` on the tensors the merge method
-instantiates for that skill, with that skill's normalisation statistics.
+crosses a process boundary; where a worker has a local copy of the directory (and of its base), they read
+that (:func:`~vlamergebench.eval.model_files.local_dir`). A skill's policy is the canonical ``VLAPolicy`` on
+the tensors the merge method instantiates for that skill, with that skill's normalisation statistics.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from vlamergebench.eval.model_files import local_dir, model_dirs_of
 from vlamergebench.eval.policy import Policy, PolicySourceFactory, RouterFactory
+
+
+def _recorded_base(merged_dir: str | os.PathLike[str]) -> str | None:
+    """The base checkpoint path ``merged.json`` records; None where it cannot be read (opening says why)."""
+    from vlamergebench.merge_methods.merged import MERGED_FILE
+
+    try:
+        return str(json.loads((Path(merged_dir) / MERGED_FILE).read_text())["base"]["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def open_merged(merged_dir: str | os.PathLike[str]) -> Any:
+    """``MergedModel.open`` of ``merged_dir`` or its local copy, with its base's local copy if any."""
+    from vlamergebench.merge_methods.merged import MergedModel
+
+    path = local_dir(merged_dir)
+    recorded = _recorded_base(path)
+    base = local_dir(recorded) if recorded is not None else None
+    return MergedModel.open(path, base=None if base == recorded else base)
+
+
+def merged_model_dirs(
+    merged_dir: str | os.PathLike[str], tokenizer_dir: str | None = None
+) -> tuple[str, ...]:
+    """The directories the factories of a merged model read: it, its base checkpoint, the tokenizer's."""
+    return model_dirs_of([merged_dir, _recorded_base(merged_dir), tokenizer_dir])
 
 
 class MergedPolicies:
@@ -38,11 +69,10 @@ class MergedPolicies:
         device: str = "cpu",
         dtype: str = "float32",
     ):
-        from vlamergebench.merge_methods.merged import MergedModel
         from vlamergebench.plugins import trust_method
 
         trust_method(trusted_method)
-        self.model = MergedModel.open(merged_dir)
+        self.model = open_merged(merged_dir)
         self.model.method  # noqa: B018  (fails here, naming the method, rather than mid-episode)
         self.cache_size = cache_size
         self.tokenizer_dir = tokenizer_dir
@@ -69,7 +99,7 @@ class MergedPolicies:
             VLAConfig.from_dict(weights.policy_config),
             weights.tensors,
             weights.norm_stats,
-            tokenizer_dir=self.tokenizer_dir,
+            tokenizer_dir=None if self.tokenizer_dir is None else local_dir(self.tokenizer_dir),
             dtype=getattr(torch, self.dtype),
             device=self.device,
             source=f"{self.model.path} skill {skill!r}",
@@ -84,13 +114,13 @@ class MergedPolicies:
 def _load_router(
     merged_dir: str, name: str | None, trusted_method: str | None = None, tokenizer_dir: str | None = None
 ) -> Any:
-    from vlamergebench.merge_methods.merged import MergedModel
     from vlamergebench.plugins import trust_method
 
     trust_method(trusted_method)
-    model = MergedModel.open(merged_dir)
+    model = open_merged(merged_dir)
     model.method  # noqa: B018  (a router instantiates skills: check the method first)
-    return model.router(name, **({} if tokenizer_dir is None else {"tokenizer_dir": tokenizer_dir}))
+    kwargs = {} if tokenizer_dir is None else {"tokenizer_dir": local_dir(tokenizer_dir)}
+    return model.router(name, **kwargs)
 
 
 def merged_policies(

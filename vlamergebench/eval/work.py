@@ -83,10 +83,13 @@ class Contender:
     Attributes:
         source_factory: Builds the :class:`~vlamergebench.eval.policy.PolicySource`.
         router_factory: Builds the router; None for oracle routing.
+        model_dirs: The directories the factories read (a merged model and its base, a checkpoint...), which
+            an executor makes available where the factories run (:mod:`vlamergebench.eval.model_files`).
     """
 
     source_factory: PolicySourceFactory
     router_factory: RouterFactory | None = None
+    model_dirs: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -113,6 +116,8 @@ class RunOptions:
             (policies with ``predict_batch``; others run one episode at a time).
         record_videos: Record a video of episodes ``0 .. record_videos - 1`` of every task unit and phase
             (:mod:`vlamergebench.eval.video`); 0 records none.
+        device: The policies' torch device (resolved, never ``auto``); with ``cuda`` the Ray executor gives
+            each actor its share of the cluster's GPUs (Ray hides GPUs from actors that ask for none).
     """
 
     workers: int = 1
@@ -127,6 +132,7 @@ class RunOptions:
     shard: Shard | None = None
     batch_envs: int = 1
     record_videos: int = 0
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
