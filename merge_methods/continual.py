@@ -44,7 +44,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -155,6 +155,35 @@ def carry_skill_files(previous: MergedModel | None, work: AtomicDirectory, files
             work.file(relative).write_bytes((previous.path / relative).read_bytes())
 
 
+class Admission(NamedTuple):
+    """What one admission reads: the newest expert's task vectors, the base files and the running state.
+
+    Attributes:
+        view: The newest expert's task-vector view.
+        vlm: The base VLM file (shapes, dtypes; weights for dense task vectors).
+        head: The base action-expert file.
+        earlier: The running state written by the previous admission (None at the first).
+        names: The tensors the state covers: the expert's targets and every tensor the state already held.
+    """
+
+    view: ExpertView
+    vlm: TensorFile
+    head: TensorFile
+    earlier: TensorFile | None
+    names: list[str]
+
+
+def open_admission(
+    seen: ExpertSet, previous: MergedModel | None, state_file: str, task_vectors: str
+) -> Admission:
+    """The inputs of admitting the newest expert of ``seen`` into the state in ``state_file``."""
+    base, (view,) = open_views(seen.base, seen.experts[-1:], task_vectors)
+    vlm = base.file(VLM_FILE)
+    earlier = previous.tensor_file(state_file) if previous is not None else None
+    names = [n for n in vlm.names if view.is_target(n) or (earlier is not None and n in earlier)]
+    return Admission(view, vlm, base.file(ACTION_EXPERT_FILE), earlier, names)
+
+
 class ContinualMerge(ContinualMethod[ContinualConfig]):
     """One merged task vector Delta after each admission; optional per-skill masks and expert heads."""
 
@@ -166,10 +195,7 @@ class ContinualMerge(ContinualMethod[ContinualConfig]):
         """Fold the newest expert into Delta (and its mask), one tensor at a time; then the action expert."""
         config = self.config
         count = len(seen.experts)
-        base, (view,) = open_views(seen.base, seen.experts[-1:], config.task_vectors)
-        vlm, head = base.file(VLM_FILE), base.file(ACTION_EXPERT_FILE)
-        earlier = previous.tensor_file(DELTA_FILE) if previous is not None else None
-        names = [n for n in vlm.names if view.is_target(n) or (earlier is not None and n in earlier)]
+        view, vlm, head, earlier, names = open_admission(seen, previous, DELTA_FILE, config.task_vectors)
 
         def weight(name: str) -> torch.Tensor | None:
             return vlm.read(name) if view.source == "dense" else None

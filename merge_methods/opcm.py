@@ -43,8 +43,8 @@ import torch
 
 from vlamergebench.merge_methods.base import ContinualMethod
 from vlamergebench.merge_methods.config import MethodConfig, check_choice, check_fraction
-from vlamergebench.merge_methods.continual import write_averaged_head
-from vlamergebench.merge_methods.io import AtomicDirectory, StreamingSafetensorsWriter, open_views
+from vlamergebench.merge_methods.continual import open_admission, write_averaged_head
+from vlamergebench.merge_methods.io import AtomicDirectory, StreamingSafetensorsWriter
 from vlamergebench.merge_methods.lowrank import numerical_tolerance
 from vlamergebench.merge_methods.merged import MergedModel, read_all
 from vlamergebench.policies.checkpoint import ACTION_EXPERT_FILE, VLM_FILE, ExpertSet
@@ -101,10 +101,7 @@ class Opcm(ContinualMethod[OpcmConfig]):
         """Project the newest task vector against S_{t-1}, one target at a time; then lambda_t."""
         config = self.config
         count = len(seen.experts)
-        base, (view,) = open_views(seen.base, seen.experts[-1:], config.task_vectors)
-        vlm, head = base.file(VLM_FILE), base.file(ACTION_EXPERT_FILE)
-        earlier = previous.tensor_file(SUM_FILE) if previous is not None else None
-        names = [n for n in vlm.names if view.is_target(n) or (earlier is not None and n in earlier)]
+        view, vlm, head, earlier, names = open_admission(seen, previous, SUM_FILE, config.task_vectors)
         tau_square, sum_square = 0.0, 0.0
         with StreamingSafetensorsWriter(
             work.file(SUM_FILE), [(n, vlm.dtype(n), vlm.shape(n)) for n in names]
