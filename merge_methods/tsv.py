@@ -41,7 +41,6 @@ from vlamergebench.merge_methods.base import OneShotMethod
 from vlamergebench.merge_methods.config import MethodConfig, check_choice
 from vlamergebench.merge_methods.io import (
     AtomicDirectory,
-    StreamingSafetensorsWriter,
     open_views,
     reads_base,
 )
@@ -54,7 +53,12 @@ from vlamergebench.merge_methods.lowrank import (
     thin_svd,
 )
 from vlamergebench.merge_methods.merged import MergedModel, read_all, skill_dir
-from vlamergebench.merge_methods.writers import copy_action_expert, target_names
+from vlamergebench.merge_methods.writers import (
+    copy_action_expert,
+    factor_deltas,
+    target_names,
+    write_factor_parts,
+)
 from vlamergebench.policies.checkpoint import ACTION_EXPERT_FILE, VLM_FILE, ExpertSet
 
 FACTOR_FILE = "tsv_factors.safetensors"
@@ -125,10 +129,7 @@ class TsvCompress(OneShotMethod[TsvConfig]):
         ranks: dict[str, int] = {}
         for index, view in enumerate(views):
             parts = {name + suffix: t for name in targets for suffix, t in by_target[name][index].items()}
-            specs = [(part, vlm.dtype(part.rsplit(".", 1)[0]), t.shape) for part, t in parts.items()]
-            with StreamingSafetensorsWriter(work.file(f"{skill_dir(index)}/{FACTOR_FILE}"), specs) as writer:
-                for part, tensor in parts.items():
-                    writer.write(part, tensor.to(vlm.dtype(part.rsplit(".", 1)[0])).contiguous())
+            write_factor_parts(work.file(f"{skill_dir(index)}/{FACTOR_FILE}"), vlm, parts)
             head = base.file(ACTION_EXPERT_FILE).names
             copy_action_expert(work.file(f"{skill_dir(index)}/{ACTION_EXPERT_FILE}"), view, head)
             ranks[view.skill] = sum(t.shape[1] for part, t in parts.items() if part.endswith(".US"))
@@ -138,13 +139,8 @@ class TsvCompress(OneShotMethod[TsvConfig]):
         """``W_0 + alpha U_t,k S_t,k V_t,k^T`` on the targets; the skill's own action expert."""
         folder = skill_dir(model.skill_index(skill))
         tensors = read_all(model.base_file(VLM_FILE))
-        stored = model.tensor_file(f"{folder}/{FACTOR_FILE}")
-        for name in {n.rsplit(".", 1)[0] for n in stored.names}:
+        for name, delta in factor_deltas(model.tensor_file(f"{folder}/{FACTOR_FILE}")):
             weight = tensors[name]
-            if name + ".whole" in stored:
-                delta = stored.read(name + ".whole").double()
-            else:
-                delta = stored.read(name + ".US").double() @ stored.read(name + ".V").double().T
             tensors[name] = (weight.float() + self.config.alpha * delta.float()).to(weight.dtype)
         tensors.update(read_all(model.tensor_file(f"{folder}/{ACTION_EXPERT_FILE}")))
         return tensors

@@ -38,10 +38,16 @@ import torch
 
 from vlamergebench.merge_methods.base import OneShotMethod, TaskVectors
 from vlamergebench.merge_methods.config import MethodConfig, check_choice, check_fraction
-from vlamergebench.merge_methods.io import AtomicDirectory, StreamingSafetensorsWriter, open_views
+from vlamergebench.merge_methods.io import AtomicDirectory, open_views
 from vlamergebench.merge_methods.lowrank import LowRank, concatenated, task_factors, thin_svd
 from vlamergebench.merge_methods.merged import MergedModel, read_all, skill_dir
-from vlamergebench.merge_methods.writers import copy_action_expert, target_names, write_vlm
+from vlamergebench.merge_methods.writers import (
+    copy_action_expert,
+    factor_deltas,
+    target_names,
+    write_factor_parts,
+    write_vlm,
+)
 from vlamergebench.policies.checkpoint import ACTION_EXPERT_FILE, VLM_FILE, ExpertSet
 
 TWIN_FILE = "twin.safetensors"
@@ -112,10 +118,7 @@ class TwinMerging(OneShotMethod[TwinConfig]):
                 else:
                     parts[name + ".US"] = twins[name][index].left
                     parts[name + ".V"] = twins[name][index].right.T
-            specs = [(part, vlm.dtype(part.rsplit(".", 1)[0]), t.shape) for part, t in parts.items()]
-            with StreamingSafetensorsWriter(work.file(f"{skill_dir(index)}/{TWIN_FILE}"), specs) as writer:
-                for part, tensor in parts.items():
-                    writer.write(part, tensor.to(vlm.dtype(part.rsplit(".", 1)[0])).contiguous())
+            write_factor_parts(work.file(f"{skill_dir(index)}/{TWIN_FILE}"), vlm, parts)
             copy_action_expert(work.file(f"{skill_dir(index)}/{ACTION_EXPERT_FILE}"), view, head)
         return {"twin_rank": {name: twins[name][0].left.shape[1] for name in targets if name in twins}}
 
@@ -123,13 +126,8 @@ class TwinMerging(OneShotMethod[TwinConfig]):
         """``theta_0 + tau* + v_m`` on the targets; the skill's own action expert."""
         folder = skill_dir(model.skill_index(skill))
         tensors = read_all(model.tensor_file(VLM_FILE))
-        stored = model.tensor_file(f"{folder}/{TWIN_FILE}")
-        for name in {n.rsplit(".", 1)[0] for n in stored.names}:
+        for name, twin in factor_deltas(model.tensor_file(f"{folder}/{TWIN_FILE}")):
             weight = tensors[name]
-            if name + ".whole" in stored:
-                twin = stored.read(name + ".whole").float()
-            else:
-                twin = stored.read(name + ".US").float() @ stored.read(name + ".V").float().T
-            tensors[name] = (weight.float() + twin).to(weight.dtype)
+            tensors[name] = (weight.float() + twin.float()).to(weight.dtype)
         tensors.update(read_all(model.tensor_file(f"{folder}/{ACTION_EXPERT_FILE}")))
         return tensors

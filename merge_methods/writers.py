@@ -6,7 +6,7 @@ a time, so that no method holds a model in memory or opens a file itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from vlamergebench.merge_methods.io import (
     CheckpointIndex,
     ExpertView,
     StreamingSafetensorsWriter,
+    TensorFile,
     as_float32,
     check_finite_tensor,
 )
@@ -76,3 +77,28 @@ def copy_action_expert(path: Path, view: ExpertView, names: Sequence[str]) -> No
     with StreamingSafetensorsWriter(path, [(n, source.dtype(n), source.shape(n)) for n in names]) as writer:
         for name in names:
             writer.copy_from(name, source)
+
+
+# Per-skill low-rank storage (TSV-C, Twin-Merging): a target's delta is kept as ``name.US`` (m, k) and
+# ``name.V`` (n, k), so that delta = US V^T, or as ``name.whole`` when the tensor is not a matrix.
+
+
+def write_factor_parts(path: Path, vlm: TensorFile, parts: Mapping[str, torch.Tensor]) -> None:
+    """Write ``{target + suffix: tensor}`` in each target's base dtype, one tensor at a time."""
+
+    def dtype(part: str) -> torch.dtype:
+        return vlm.dtype(part.rsplit(".", 1)[0])
+
+    specs = [(part, dtype(part), tensor.shape) for part, tensor in parts.items()]
+    with StreamingSafetensorsWriter(path, specs) as writer:
+        for part, tensor in parts.items():
+            writer.write(part, tensor.to(dtype(part)).contiguous())
+
+
+def factor_deltas(stored: TensorFile) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(target, dense delta)`` of each target in a file of :func:`write_factor_parts` (float64 products)."""
+    for name in dict.fromkeys(part.rsplit(".", 1)[0] for part in stored.names):
+        if name + ".whole" in stored:
+            yield name, stored.read(name + ".whole").double()
+        else:
+            yield name, stored.read(name + ".US").double() @ stored.read(name + ".V").double().T
