@@ -35,7 +35,9 @@ def test_the_recipe_keeps_the_preconditions_it_states():
     assert (
         train["head_init"] == "base" and train["freeze_proprio_projector"] and train["norm_stats"] == "base"
     )
-    assert train["head_learning_rate"] < train["learning_rate"] <= 3e-4
+    # LoRA at upstream's rate; the pretrained head at a low rate: at most LoRA's, a fifth of pretraining's
+    assert train["head_learning_rate"] <= train["learning_rate"] <= 3e-4
+    assert train["head_learning_rate"] <= recipe.BASE_TRAIN["learning_rate"] / 5
     assert recipe.FIRST_DEMO_INIT_STATE >= 20 >= recipe.ACCEPTANCE_EPISODES  # evaluation stays held out
 
 
