@@ -174,21 +174,44 @@ def generate(root: Path, experts: int, layers: int, vocab: int) -> None:
     os.link(base / ckpt.VLM_FILE, root / "mergekit_base.safetensors")
 
 
-def timed(command: list[str], log: Path, threads: int) -> tuple[float, float, float]:
-    """(wall seconds, peak RSS GiB, CPU seconds user + system) of one fresh process, by /usr/bin/time.
+def rss_anon_kib(pid: int) -> int:
+    """Resident anonymous (private) memory of ``pid`` in KiB; 0 once it has exited."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
 
-    CPU seconds are the steadier figure on a shared machine: other jobs stretch wall time, not CPU time.
-    ``threads`` sets ``OMP_NUM_THREADS`` (torch's intra-op threads) for the process; 0 keeps the default.
+
+def timed(command: list[str], log: Path, threads: int) -> tuple[float, float, float, float]:
+    """(wall s, peak RSS GiB, CPU s user + system, peak private GiB) of one fresh process.
+
+    Peak RSS (the kernel's ``ru_maxrss``) counts memory-mapped input pages, which safetensors readers map
+    rather than copy; peak private memory (``RssAnon`` in ``/proc/PID/status``, sampled every 20 ms) is the
+    memory the process itself allocated. CPU seconds are the steadier figure on a shared machine: other jobs
+    stretch wall time, not CPU time. ``threads`` sets ``OMP_NUM_THREADS`` (torch's intra-op threads) for the
+    process; 0 keeps the default.
     """
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    started = time.perf_counter()
+    peak_anon = 0
     with open(log, "w") as handle:
-        command = ["/usr/bin/time", "-f", "TIME %e %M %U %S", *command]
-        done = subprocess.run(command, stdout=handle, stderr=subprocess.PIPE, text=True, env=env)
-    last = [line for line in done.stderr.splitlines() if line.startswith("TIME ")]
-    if done.returncode != 0 or not last:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    _, wall, kib, user, system = last[-1].split()
-    return float(wall), int(kib) / 2**20, float(user) + float(system)
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            peak_anon = max(peak_anon, rss_anon_kib(process.pid))
+            time.sleep(0.02)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        tail = log.read_text()[-2000:]
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}):\n{tail}")
+    return wall, usage.ru_maxrss / 2**20, usage.ru_utime + usage.ru_stime, peak_anon / 2**20
 
 
 def mergekit_config(root: Path, method: str, experts: int) -> Path:
@@ -275,10 +298,18 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per case; the minimum is reported")
     parser.add_argument(
         "--threads",
-        type=int,
-        default=1,
-        help="OMP_NUM_THREADS for both tools (default 1: on a shared 2-core machine, multi-threaded runs "
-        "mostly measure the other jobs; 0 keeps torch's default)",
+        default="1",
+        help="OMP_NUM_THREADS for every tool, or a comma-separated list run in turn (e.g. 1,2); default 1: "
+        "on a shared 2-core machine, multi-threaded runs mostly measure the other jobs; 0: torch's default",
+    )
+    parser.add_argument(
+        "--fusionbench-python",
+        default=None,
+        help="python of a venv with fusion-bench installed: adds FusionBench's TSV-M, Iso-C and WUDI "
+        "(benchmarks/fusionbench_merge.py) beside ours",
+    )
+    parser.add_argument(
+        "--fusionbench-wudi-steps", type=int, default=3, help="Adam steps of FusionBench's WUDI run (scaled)"
     )
     parser.add_argument("--layers", type=int, default=LAYERS, help="LLM blocks (default: Qwen2.5-0.5B's 24)")
     parser.add_argument("--vocab", type=int, default=VOCAB, help="embedding rows (default 151936)")
@@ -349,6 +380,19 @@ def main() -> None:
         ("WUDI", "ours (LoRA tau)", ours(root, "wudi", "wudi")),
         ("OPCM", "ours (LoRA tau)", ours(root, "opcm", "opcm")),
     ]
+    if args.fusionbench_python:
+        fusionbench = [args.fusionbench_python, str(ROOT / "benchmarks" / "fusionbench_merge.py")]
+        fusionbench += ["--root", str(root), "--experts", str(args.experts), "--targets-only"]
+        for case, method in (("TSV-M", "tsv"), ("Iso-C", "iso_c")):
+            out = str(root / "out" / f"fusionbench_{method}.safetensors")
+            cases.append((case, "FusionBench", [*fusionbench, "--method", method, "--out", out]))
+        # FusionBench's WUDI forms (tau_m - tau_t) tau_t^T, an m x m product per task and Adam step (4864^2
+        # for the MLP's gate and up projections): 300 steps of the whole model take hours here. It runs one
+        # LLM block for a few steps; the table scales that figure to every block and 300 steps.
+        steps = args.fusionbench_wudi_steps
+        out = str(root / "out" / "fusionbench_wudi.safetensors")
+        wudi = [*fusionbench, "--method", "wudi", "--layers", "1", "--iterations", str(steps), "--out", out]
+        cases.append(("WUDI", f"FusionBench (1 block, {steps} steps; scaled)", wudi))
     chosen = [name for name in args.cases.split(",") if name]
     unknown = sorted(set(chosen) - set(CASES))
     if unknown:
@@ -357,25 +401,41 @@ def main() -> None:
     cases = [case for case in cases if case[0] in wanted]
     (root / "out").mkdir(exist_ok=True)
     rows = []
-    for case, tool, command in cases:
-        if args.skip_mergekit and tool == "MergeKit":
-            continue
-        runs = [timed(command, root / "out" / "last.log", args.threads) for _ in range(args.repeats)]
-        wall, peak, cpu = (min(run[i] for run in runs) for i in range(3))
-        row = {"case": case, "tool": tool, "wall_s": wall, "peak_rss_gib": peak, "cpu_s": cpu, "runs": runs}
-        rows.append(row)
-        print(f"{case:17s} {tool:17s} {wall:8.1f} s wall {cpu:8.1f} s CPU {peak:6.2f} GiB", flush=True)
+    thread_counts = [int(value) for value in str(args.threads).split(",")]
+    for threads in thread_counts:
+        for case, tool, command in cases:
+            if args.skip_mergekit and tool == "MergeKit":
+                continue
+            runs = [timed(command, root / "out" / "last.log", threads) for _ in range(args.repeats)]
+            wall, peak, cpu, private = (min(run[i] for run in runs) for i in range(4))
+            scale = args.layers * 300 / args.fusionbench_wudi_steps if "scaled" in tool else 1.0
+            row = {"case": case, "tool": tool, "threads": threads, "wall_s": wall * scale,
+                   "cpu_s": cpu * scale, "peak_rss_gib": peak, "private_gib": private,
+                   "measured_wall_s": wall, "scale": scale, "runs": runs}  # fmt: skip
+            rows.append(row)
+            print(f"{case:17s} {tool:30s} {threads} thr {wall:8.1f} s wall {cpu:8.1f} s CPU "
+                  f"{peak:6.2f} GiB peak {private:6.2f} GiB private", flush=True)  # fmt: skip
     print(
-        "\n| case | tool | wall (s) | CPU (s) | peak RSS (GiB) | wall speed-up | CPU speed-up | RSS ratio |"
+        "\n| case | tool | threads | wall (s) | CPU (s) | peak RSS (GiB) | peak private (GiB) "
+        "| wall speed-up | CPU speed-up |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        reference = next((r for r in rows if r["case"] == row["case"] and r["tool"] == "MergeKit"), None)
+        reference = next(
+            (r for r in rows if r["case"] == row["case"] and r["threads"] == row["threads"]
+             and (r["tool"] == "MergeKit" or r["tool"].startswith("FusionBench"))),
+            None,
+        )  # fmt: skip
         speed = f"{reference['wall_s'] / row['wall_s']:.1f}x" if reference else "-"
         cpu = f"{reference['cpu_s'] / row['cpu_s']:.1f}x" if reference else "-"
-        memory = f"{row['peak_rss_gib'] / reference['peak_rss_gib']:.2f}" if reference else "-"
-        figures = f"{row['wall_s']:.1f} | {row['cpu_s']:.1f} | {row['peak_rss_gib']:.2f}"
-        print(f"| {row['case']} | {row['tool']} | {figures} | {speed} | {cpu} | {memory} |")
+        figures = (
+            f"{row['wall_s']:.1f} | {row['cpu_s']:.1f} | {row['peak_rss_gib']:.2f} | {row['private_gib']:.2f}"
+        )
+        print(f"| {row['case']} | {row['tool']} | {row['threads']} | {figures} | {speed} | {cpu} |")
+    if any(row["scale"] != 1.0 for row in rows):
+        print(
+            "\nscaled rows: the measured time x blocks x 300 / steps (loading included, so an overestimate)"
+        )
     if not args.skip_mergekit and "TA" in {row["case"] for row in rows}:
         names = [
             "llm.layers.0.self_attn.q_proj.weight",
@@ -388,14 +448,15 @@ def main() -> None:
         )
     load = os.getloadavg()
     print(f"load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores")
-    print(f"threads per tool: {args.threads or 'default'}")
-    results = {"rows": rows, "load_average": load, "threads": args.threads, "setting": setting}
+    print(f"threads per tool: {args.threads}")
+    results = {"rows": rows, "load_average": load, "threads": thread_counts, "setting": setting}
     (root / "results.json").write_text(json.dumps(results, indent=1))
     model = f"base + {args.experts} experts with Qwen2.5-0.5B shapes (bf16"
     if (args.layers, args.vocab) != (LAYERS, VOCAB):
         model += f"; smoke setting: {args.layers} LLM layer(s), {args.vocab} tokens"
     model += ")"
-    plot(rows, root / "merge_speed.png", args.threads, model)
+    plot([row for row in rows if row["threads"] == thread_counts[0]], root / "merge_speed.png",
+         thread_counts[0], model)  # fmt: skip
     print(f"wrote {root / 'results.json'} and {root / 'merge_speed.png'}")
 
 
