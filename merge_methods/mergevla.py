@@ -83,6 +83,8 @@ class MergeVLAConfig(MethodConfig):
             "wudi", "knots" (those methods' defaults) or "emr" (EMR's masks and rescalers).
         mask_strength: lambda of the task mask (0.6, hard-coded upstream).
         expert_head_depth: Blocks kept per skill; None = the policy config's value (1 for LIBERO).
+        expert_heads: False averages the whole action expert, output layers included (MergeVLA's ablation
+            "w/o expert head"); the router keys still come from the block ``expert_head_depth`` splits at.
         router_rank: Right singular vectors per value projection in the router keys (8 = k_gate).
         task_vectors: Where tau comes from: "lora" (factors) or "dense" (folded weights minus the base).
     """
@@ -90,6 +92,7 @@ class MergeVLAConfig(MethodConfig):
     merge: str = "ta"
     mask_strength: float = 0.6
     expert_head_depth: int | None = None
+    expert_heads: bool = True
     router_rank: int = 8
     task_vectors: str = "lora"
 
@@ -190,7 +193,10 @@ class MergeVLA(OneShotMethod[MergeVLAConfig]):
         depth = config.expert_head_depth
         if depth is None:
             depth = int(experts.base.config["policy"]["action_expert"]["expert_head_depth"])
-        shared, per_skill, router_block = split_action_expert(base.file(ACTION_EXPERT_FILE).names, depth)
+        head_names = base.file(ACTION_EXPERT_FILE).names
+        shared, per_skill, router_block = split_action_expert(head_names, depth)
+        if not config.expert_heads:
+            shared, per_skill = list(head_names), []
         write_action_expert(work.file(ACTION_EXPERT_FILE), base, views, shared)
         keys: dict[str, torch.Tensor] = {}
         for index, view in enumerate(views):
@@ -205,7 +211,7 @@ class MergeVLA(OneShotMethod[MergeVLAConfig]):
         scales = rescalers(rescaler_terms_by_target) if config.merge == "emr" else [1.0] * len(views)
         return {
             "rescalers": dict(zip(experts.skills, scales, strict=True)),
-            "expert_head_depth": depth,
+            "expert_head_depth": depth if config.expert_heads else 0,
             "router_block": router_block,
             "mask_density": {view.skill: kept[i] / max(numel, 1) for i, view in enumerate(views)},
             "selfish_fraction": selfish / max(active, 1),

@@ -68,7 +68,9 @@ for method in $first; do
 done
 # MergeVLA admitted one expert at a time (CARVE's Fig. 3a setting): the continual protocol on a one-shot method.
 entry mergevla_continual --method mergevla --protocol continual
-# Ablation: MergeVLA's expert heads: depth 3 keeps 3 blocks per expert (depth 1 is the LIBERO default).
+# Ablation: MergeVLA's expert heads: none (the whole action expert averaged, the paper's "w/o expert head"),
+# and depth 3 (3 blocks per expert; depth 1 is the LIBERO default).
+entry mergevla_no_heads --method mergevla --method-config '{"expert_heads": false}'
 entry mergevla_head3 --method mergevla --method-config '{"expert_head_depth": 3}'
 methods=$(python -c "from vlamergebench.merge_methods.registry import METHODS; print(' '.join(METHODS.names()))")
 for method in $methods; do

@@ -173,6 +173,20 @@ def test_mergevla_ties_merge_and_heads(two, tmp_path):
         )
 
 
+def test_mergevla_without_expert_heads_averages_the_whole_action_expert(two, tmp_path):
+    """MergeVLA's ablation "w/o expert head": the same masked VLM, every action-expert tensor averaged."""
+    merged = make_method("mergevla", expert_heads=False).merge(two, tmp_path / "mv", progress=False)
+    with_heads = make_method("mergevla").merge(two, tmp_path / "mv_heads", progress=False)
+    heads = [load_file(str(e.file("action_expert.safetensors"))) for e in two.experts]
+    for skill in two.skills:
+        tensors = merged.instantiate(skill).tensors
+        for name in heads[0]:
+            torch.testing.assert_close(tensors[name], (heads[0][name] + heads[1][name]) / 2)
+        assert torch.equal(tensors[W], with_heads.instantiate(skill).tensors[W])  # the VLM side is unchanged
+    assert merged.state["expert_head_depth"] == 0
+    assert not merged.tensor_file("skills/00/expert_head.safetensors").names
+
+
 def test_carve_by_hand(two, tmp_path):
     method = make_method("carve", residual_dtype="float32")
     first = method.admit(_prefix(two, 1), None, tmp_path / "t1", progress=False)
