@@ -11,13 +11,14 @@ recipe states those preconditions and was fixed before any merge result on it wa
    Spatial 5-9, Goal 0, 1, 2, 4). It stands in for VLA pretraining.
 2. **Experts**: four suite-like experts of two tasks each that the base never saw; the two Goal experts
    share one scene, so routing between them is not trivial.
-3. **Fine-tuning at upstream strength**: LoRA on the VLM at lr 2e-4 (MergeVLA / VLA-Adapter), alpha = 2r, a
-   different ``lora_A`` seed per expert; the head and action queries start from the base's at the same rate
-   (a fifth of the base's pretraining rate of 1e-3); the proprio projector is frozen at the base's value; every expert uses the base's normalisation
-   statistics. Departure from MergeVLA's recipe, which re-initialises each expert's head: at our scale a
-   fresh head ends 50-57% away from every other expert's in every block, while MergeVLA's premise (and its
-   measurements at 24 blocks) is that shallow cross-attention blocks of different experts stay close;
-   starting from the pretrained head is the small-scale stand-in for that observation.
+3. **Fine-tuning at upstream strength**: LoRA on the VLM at lr 2e-4 (MergeVLA / VLA-Adapter), alpha = 2r,
+   a different ``lora_A`` seed per expert; the head and action queries start from the base's at the same
+   rate (a fifth of the base's pretraining rate of 1e-3); the proprio projector is frozen at the base's
+   value; every expert uses the base's normalisation statistics. Departure from MergeVLA's recipe, which
+   re-initialises each expert's head: at our scale a fresh head ends 50-57% away from every other expert's
+   in every block, while MergeVLA's premise (and its measurements at 24 blocks) is that shallow
+   cross-attention blocks of different experts stay close; starting from the pretrained head is the
+   small-scale stand-in for that observation.
 4. **Held-out evaluation**: demonstrations use LIBERO init states 20 and up; evaluation uses 0-19.
 5. **Acceptance** (``stats.json`` beside ``expert_set.json``): task-vector size per group relative to the
    base (target <= 0.10), pairwise cosine and sign conflict, each expert's success on each of its tasks
