@@ -22,7 +22,7 @@ recipe states those preconditions and was fixed before any merge result on it wa
 4. **Held-out evaluation**: demonstrations use LIBERO init states 20 and up; evaluation uses 0-19.
 5. **Acceptance** (``stats.json`` beside ``expert_set.json``): task-vector size per group relative to the
    base (target <= 0.10), pairwise cosine and sign conflict, each expert's success on each of its tasks
-   (must be >= 80% on init states 0-9, else the build fails rather than ship the expert) and the base's
+   (must be >= 80% on init states 0-19, else the build fails rather than ship the expert) and the base's
    success on the experts' tasks.
 
 Revision 1 (2026-12-05, decided from training-side measurements only, before any merge result on the set):
@@ -30,6 +30,14 @@ the first build trained the head at a quarter of the LoRA rate (5e-5). Its exper
 eight tasks under the 80% bar) on held-out init states 0-9, and 5-7 of 8 on init states 20-27 that their own
 demonstrations came from, so they under-fit rather than over-fit; their heads had moved 4-6% of the base's
 norm (half the 10% target) while the LoRA'd LLM moved 30%. The head now trains at the LoRA rate, 2e-4.
+Revision 2 (2026-12-05, again from training-side measurements only): under revision 1, object_01 reached
+8/10 and 9/10, spatial_01 9/10 and 6/10 (the bowl "next to the ramekin"), and both experts' training losses
+still fell by a quarter over the last 1000 of their 2000 steps (object_01: 0.0226 -> 0.0168 per 250-step
+mean), so they still under-fit: experts now train 4000 steps (about 20 passes over their frames). And own
+success is measured on all 20 held-out init states (0-19) instead of 10: with 8 tasks, a 10-episode bar
+refuses a set of true-90% experts 44% of the time by chance alone (1 - P(X >= 8) ** 8 for X ~ Bin(10, 0.9));
+20 episodes, 30%.
+
 Rendering the evaluation cameras at the demonstrations' 128 px (then resized like the training frames)
 instead of 84 px changed success by at most one episode in ten per task, so evaluation keeps rendering at the
 policy's input size.
@@ -96,7 +104,7 @@ BASE_TRAIN = {
 }
 EXPERT_TRAIN = {
     "role": "expert",
-    "steps": 2000,
+    "steps": 4000,
     "batch_size": 32,
     "learning_rate": 2e-4,
     "lr_schedule": "cosine",
@@ -106,7 +114,7 @@ EXPERT_TRAIN = {
     "norm_stats": "base",
     "checkpoint_every": 250,
 }
-ACCEPTANCE_EPISODES = 10  # per expert task, init states 0..9
+ACCEPTANCE_EPISODES = 20  # per expert task: every held-out init state, 0..19
 OWN_SUCCESS_BAR = 0.8
 TASK_VECTOR_RATIO_TARGET = 0.10
 SET_NAME = "vlamergebench-default-v2"
