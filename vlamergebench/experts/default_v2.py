@@ -27,9 +27,10 @@ recipe states those preconditions and was fixed before any merge result on it wa
 
 Revision 1 (2026-12-05, decided from training-side measurements only, before any merge result on the set):
 the first build trained the head at a quarter of the LoRA rate (5e-5). Its experts reached 60-100% (seven of
-eight tasks under the 80% bar) on held-out init states 0-9, and 5-7 of 8 on init states 20-27 that their own
-demonstrations came from, so they under-fit rather than over-fit; their heads had moved 4-6% of the base's
-norm (half the 10% target) while the LoRA'd LLM moved 30%. The head now trains at the LoRA rate, 2e-4.
+eight tasks under the 80% bar) on held-out init states 0-9, and 4-7 of 8 on init states 20-27 that their own
+demonstrations came from (44 of 64; held out 56 of 80), so they under-fit rather than over-fit; their heads
+had moved 4-6% of the base's norm (half the 10% target) while the LoRA'd LLM moved 30%. The head now trains
+at the LoRA rate, 2e-4.
 Revision 2 (2026-12-05, again from training-side measurements only): under revision 1, object_01 reached
 8/10 and 9/10, spatial_01 9/10 and 6/10 (the bowl "next to the ramekin"), and both experts' training losses
 still fell by a quarter over the last 1000 of their 2000 steps (object_01: 0.0226 -> 0.0168 per 250-step
