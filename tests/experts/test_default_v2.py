@@ -127,6 +127,16 @@ def test_build_runs_every_stage_measures_acceptance_and_refuses_weak_experts(tmp
         recipe.build_default_experts_v2(out, measure_success=measure, progress=False, log=lines.append)
     assert sum("done already" in line for line in lines) == 3
 
+    # An expert another revision of the recipe built is rebuilt, not shipped; the rest stays.
+    monkeypatch.setattr(recipe, "EXPERT_TRAIN", {**recipe.EXPERT_TRAIN, "steps": 3})
+    kept_base = (out / "base" / VLM_FILE).stat().st_mtime_ns
+    lines.clear()
+    with pytest.raises(AcceptanceError):
+        recipe.build_default_experts_v2(out, measure_success=measure, progress=False, log=lines.append)
+    assert sum("built by another revision of the recipe (now {'steps': 3})" in line for line in lines) == 2
+    assert all(e.config["provenance"]["steps"] == 3 for e in ExpertSet.open(out).experts)
+    assert (out / "base" / VLM_FILE).stat().st_mtime_ns == kept_base
+
     # The CLI reports a refused set in one line (a measured result, not a traceback) and exits 1.
     monkeypatch.setattr(recipe, "ACCEPTANCE_EPISODES", 1)
     assert main(["build-default-experts", "--out", str(out), "--workers", "1", "--no-progress"]) == 1
