@@ -380,6 +380,7 @@ def main() -> None:
         ("WUDI", "ours (LoRA tau)", ours(root, "wudi", "wudi")),
         ("OPCM", "ours (LoRA tau)", ours(root, "opcm", "opcm")),
     ]
+    scales: dict[str, float] = {}  # tool -> factor from the measured run to the figure in the table
     if args.fusionbench_python:
         fusionbench = [args.fusionbench_python, str(ROOT / "benchmarks" / "fusionbench_merge.py")]
         fusionbench += ["--root", str(root), "--experts", str(args.experts), "--targets-only"]
@@ -392,7 +393,9 @@ def main() -> None:
         steps = args.fusionbench_wudi_steps
         out = str(root / "out" / "fusionbench_wudi.safetensors")
         wudi = [*fusionbench, "--method", "wudi", "--layers", "1", "--iterations", str(steps), "--out", out]
-        cases.append(("WUDI", f"FusionBench (1 block, {steps} steps; scaled)", wudi))
+        wudi_tool = f"FusionBench (1 block, {steps} steps; scaled)"
+        scales[wudi_tool] = args.layers * 300 / steps  # the measured figure stands for every block, 300 steps
+        cases.append(("WUDI", wudi_tool, wudi))
     chosen = [name for name in args.cases.split(",") if name]
     unknown = sorted(set(chosen) - set(CASES))
     if unknown:
@@ -408,7 +411,7 @@ def main() -> None:
                 continue
             runs = [timed(command, root / "out" / "last.log", threads) for _ in range(args.repeats)]
             wall, peak, cpu, private = (min(run[i] for run in runs) for i in range(4))
-            scale = args.layers * 300 / args.fusionbench_wudi_steps if "scaled" in tool else 1.0
+            scale = scales.get(tool, 1.0)
             row = {"case": case, "tool": tool, "threads": threads, "wall_s": wall * scale,
                    "cpu_s": cpu * scale, "peak_rss_gib": peak, "private_gib": private,
                    "measured_wall_s": wall, "scale": scale, "runs": runs}  # fmt: skip
