@@ -7,11 +7,15 @@ cluster, started before the clock: a cluster is started once, not per run), and 
 K = 1, 4, 8 simulators per worker. Times include building simulators and contenders in each worker.
 
 Then one episode in this process, instrumented: where its time goes (reset, physics, rendering, policy, the
-rollout's own code) and the runner + store share (a 1-worker run's time per episode minus the rollout's),
-against the physics-only step rate (the simulator's limit here: steps with the cameras off).
+rollout's own code; renders are timed where they happen, inside reset and step, so the parts do not
+overlap) and the runner + store + IPC share per episode (the steady cost of an episode on one worker, from
+the difference between a full and a quarter-length run, minus the rollout's own time), against the
+physics-only step rate (the simulator's limit here: steps with the cameras off). The worker's one-off
+start-up (imports, simulator and contender builds) is printed apart: it is paid once per worker, not per
+episode.
 
 With ``--reference-qps``, the reference preset's shapes (random weights, ~6 GB) answer batches of K = 1 and 8
-observations on this CPU: queries (observations) per second.
+observations on this CPU, with one intra-op thread and with one per core: queries (observations) per second.
 
 Timings on a shared machine are noisy: the 1-minute load average is printed next to each figure.
 
@@ -62,8 +66,10 @@ def _unit(task: int, image_size: int) -> TaskUnit:
                     {"task": task, "image_size": image_size})  # fmt: skip
 
 
-def _timed_run(where: Path, unit: TaskUnit, episodes: int, max_steps: int, **options) -> tuple[float, float]:
-    """(episodes per minute, mean rollout seconds per episode) of one configuration."""
+def _timed_run(
+    where: Path, unit: TaskUnit, episodes: int, max_steps: int, **options
+) -> tuple[float, float, float]:
+    """(episodes per minute, mean rollout seconds per episode, wall seconds) of one configuration."""
     run = RunRecord.create(method="bench", method_config={}, expert_set_id="random", skills=[SKILL],
                            protocol="one_shot", routing_mode="oracle", router=None, run_seed=0)  # fmt: skip
     started = time.perf_counter()
@@ -74,35 +80,46 @@ def _timed_run(where: Path, unit: TaskUnit, episodes: int, max_steps: int, **opt
         rows = store.episodes_frame()
     elapsed = time.perf_counter() - started
     assert summary.ran == episodes and rows["error"].isna().all(), rows["error"].dropna().tolist()[:1]
-    return 60 * episodes / elapsed, float(rows["wall_s"].mean())
+    return 60 * episodes / elapsed, float(rows["wall_s"].mean()), elapsed
 
 
 def breakdown(unit: TaskUnit, max_steps: int) -> dict[str, float]:
-    """Seconds of one episode by part, and the physics-only step time."""
+    """Seconds of one episode by part, and the physics-only step time.
+
+    Camera rendering happens inside ``reset`` and ``step`` (the env renders when it observes), so every
+    render is timed where it happens and taken out of the call around it: the parts do not overlap, and
+    "rollout code" (the episode minus the parts) is what the rollout loop itself costs.
+    """
     env = unit.make_env()
     source = tiny_source()
     policy = source.policy(SKILL)
-    spent = {"reset": 0.0, "policy": 0.0, "render": 0.0}
-    physics_steps: list[float] = []
-    rendered_steps: list[float] = []
+    spent = {"reset": 0.0, "step": 0.0, "policy": 0.0}
+    rendered = {"reset": 0.0, "step": 0.0, "elsewhere": 0.0}
+    physics_only_steps: list[float] = []
     unwrapped = env.unwrapped
-    state = {"cameras": True}
+    state = {"inside": "elsewhere", "cameras": True}
 
     def timed(name, function):
         def call(*args, **kwargs):
+            state["inside"] = name if name in rendered else state["inside"]
             start = time.perf_counter()
             try:
                 return function(*args, **kwargs)
             finally:
-                spent[name] += time.perf_counter() - start
+                elapsed = time.perf_counter() - start
+                spent[name] += elapsed
+                if name == "step" and not state["cameras"]:
+                    physics_only_steps.append(elapsed)
+                state["inside"] = "elsewhere" if name in rendered else state["inside"]
 
         return call
 
-    def step(action, _step=env.step):
+    def render(_render=unwrapped.render_cameras):
         start = time.perf_counter()
-        result = _step(action)
-        (rendered_steps if state["cameras"] else physics_steps).append(time.perf_counter() - start)
-        return result
+        try:
+            return _render()
+        finally:
+            rendered[state["inside"]] += time.perf_counter() - start
 
     def cameras(enabled, _set=unwrapped.set_camera_rendering):
         state["cameras"] = bool(enabled)
@@ -110,20 +127,20 @@ def breakdown(unit: TaskUnit, max_steps: int) -> dict[str, float]:
 
     env.reset(seed=0, options={"init_state_id": 0})  # warm-up: first reset compiles and loads
     env.reset = timed("reset", env.reset)
-    env.step = step
+    env.step = timed("step", env.step)
     unwrapped.set_camera_rendering = cameras
-    unwrapped.render_cameras = timed("render", unwrapped.render_cameras)
+    unwrapped.render_cameras = render
     policy.predict = timed("policy", policy.predict)
     out = rollout(env, source, None, skill=SKILL, seed=0, init_state_id=0, max_steps=max_steps)
     env.close()
-    physics_s = float(np.median(physics_steps))
-    physics = physics_s * (len(physics_steps) + len(rendered_steps))
-    render = spent["render"] + sum(rendered_steps) - physics_s * len(rendered_steps)
+    rendering = sum(rendered.values())
+    physics = spent["step"] - rendered["step"]
+    reset = spent["reset"] - rendered["reset"]
     return {
-        "episode": out.wall_s, "steps": out.steps, "reset": spent["reset"], "physics": physics,
-        "rendering": render, "policy": spent["policy"],
-        "rollout code": out.wall_s - spent["reset"] - physics - render - spent["policy"],
-        "physics_step_s": physics_s,
+        "episode": out.wall_s, "steps": out.steps, "reset": reset, "physics": physics,
+        "rendering": rendering, "policy": spent["policy"],
+        "rollout code": out.wall_s - reset - physics - rendering - spent["policy"],
+        "physics_step_s": float(np.median(physics_only_steps)),
     }  # fmt: skip
 
 
@@ -174,14 +191,18 @@ def main() -> None:
             ("Ray, 2 actors", {"workers": 2, "executor": "ray"}),
         ]
     configurations += [(f"batched K={k}, 1 worker", {"workers": 1, "batch_envs": k}) for k in (1, 4, 8)]
-    rates, rollout_s = {}, {}
+    rates, rollout_s, elapsed = {}, {}, {}
     with tempfile.TemporaryDirectory() as scratch:
         for index, (label, options) in enumerate(configurations):
-            rate, per_episode = _timed_run(
+            rate, rollout_s[label], elapsed[label] = _timed_run(
                 Path(scratch) / str(index), unit, args.episodes, args.max_steps, **options
             )
-            rates[label], rollout_s[label] = rate, per_episode
+            rates[label] = rate
             print(f"  {label:26s} {rate:7.2f} episodes/min   (load {_load()})", flush=True)
+        # A quarter of the episodes on one worker again: the difference to the full run is the steady cost
+        # of an episode, the rest the worker's one-off start-up (import, simulator and contender builds).
+        few = max(1, args.episodes // 4)
+        _, _, few_s = _timed_run(Path(scratch) / "few", unit, few, args.max_steps, workers=1)
     print(f"\n{'configuration':26s} {'episodes/min':>12s} {'vs local':>9s}")
     for label, rate in rates.items():
         same = rates["local, 2 workers" if "2" in label.split(",")[1] else "local, 1 worker"]
@@ -194,25 +215,33 @@ def main() -> None:
             print(f"Ray overhead at {workers}: {overhead:+.1f}% of the local executor's time (target < 5%)")
 
     parts = breakdown(unit, args.max_steps)
-    per_episode_run = 60 / rates["local, 1 worker"]
-    runner = per_episode_run - rollout_s["local, 1 worker"]
+    one = "local, 1 worker"
+    steady = (elapsed[one] - few_s) / (args.episodes - few) if args.episodes > few else float("nan")
+    start_up = elapsed[one] - args.episodes * steady
+    runner = steady - rollout_s[one]
     total = parts["episode"] + max(runner, 0.0)
-    print(f"\none episode ({parts['steps']} steps), in this process, plus the runner's share:")
+    print(f"\none episode ({parts['steps']} steps), in this process, plus the runner's steady share:")
     for name in ("reset", "physics", "rendering", "policy", "rollout code"):
         print(f"  {name:34s} {parts[name]:7.3f} s  {100 * parts[name] / total:5.1f}%")
-    print(f"  {'runner + store + worker start-up':34s} {runner:7.3f} s  {100 * runner / total:5.1f}%")
+    print(f"  {'runner + store + IPC':34s} {runner:7.3f} s  {100 * runner / total:5.1f}%")
     simulator = parts["reset"] + parts["physics"] + parts["rendering"]
     print(
         f"simulator (reset + physics + rendering): {100 * simulator / total:.1f}% of the episode "
         "(target >= 80%)"
     )
+    print(f"worker start-up, once per worker (runs of {args.episodes} and {few} episodes): {start_up:.1f} s, "
+          f"{100 * start_up / elapsed[one]:.0f}% of the {args.episodes}-episode run")  # fmt: skip
     print(f"physics-only limit: {1 / parts['physics_step_s']:.1f} steps/s; this episode ran "
           f"{parts['steps'] / parts['episode']:.1f} steps/s (load {_load()})")  # fmt: skip
 
     if args.reference_qps:
         print("\nreference preset (random weights), one query = one observation:")
-        qps = reference_qps((1, 8), repeats=2)
-        print(f"batched K=8 vs K=1: {qps[8] / qps[1]:.2f}x queries/s (target >= 3x)")
+        for threads in sorted({1, os.cpu_count() or 1}):
+            torch.set_num_threads(threads)
+            print(f" {threads} intra-op thread(s):")
+            qps = reference_qps((1, 8), repeats=2)
+            ratio = qps[8] / qps[1]
+            print(f"batched K=8 vs K=1 at {threads} thread(s): {ratio:.2f}x queries/s (target >= 3x)")
 
 
 if __name__ == "__main__":

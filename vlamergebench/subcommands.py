@@ -71,7 +71,8 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
         default="full",
         help="full (default): LIBERO's meshes as installed; fast: large visual-only meshes decimated to a "
         "tenth of their triangles (cached under ~/.cache/vlamergebench/meshes; physics unchanged, pixels "
-        "close but not equal: such entries are ranked apart, docs/scaling.md)",
+        "close but not equal, and a policy trained on full frames may fail on them: such entries are ranked "
+        "apart, docs/libero.md)",
     )
     parser.add_argument(
         "--tokenizer-dir",
