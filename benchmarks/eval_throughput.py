@@ -193,6 +193,8 @@ def main() -> None:
     configurations += [(f"batched K={k}, 1 worker", {"workers": 1, "batch_envs": k}) for k in (1, 4, 8)]
     rates, rollout_s, elapsed = {}, {}, {}
     with tempfile.TemporaryDirectory() as scratch:
+        # Not timed: first-use costs (file caches, the first simulator build) would fall on the first row.
+        _timed_run(Path(scratch) / "warm-up", unit, 1, args.max_steps, workers=1)
         for index, (label, options) in enumerate(configurations):
             rate, rollout_s[label], elapsed[label] = _timed_run(
                 Path(scratch) / str(index), unit, args.episodes, args.max_steps, **options
