@@ -41,6 +41,23 @@ def test_the_recipe_keeps_the_preconditions_it_states():
     assert recipe.FIRST_DEMO_INIT_STATE >= 20 >= recipe.ACCEPTANCE_EPISODES  # evaluation stays held out
 
 
+def test_experts_of_skills_the_recipe_dropped_are_removed_and_nothing_else(tmp_path):
+    out = tmp_path / "set"
+    for name, role in (("gone_01", "expert"), ("base", "base"), ("notes", None)):
+        (out / name).mkdir(parents=True)
+        (out / name / "config.json").write_text(json.dumps({"role": role}))
+    (out / "gone_01.work").mkdir()
+    (out / recipe.STATS_FILE).write_text("{}")
+    (out / "user_file.txt").write_text("kept")
+    lines = []
+    recipe.drop_stale_experts(out, lines.append)
+    assert not (out / "gone_01").exists() and not (out / "gone_01.work").exists()
+    assert not (out / recipe.STATS_FILE).exists()  # statistics measured on a set with that expert
+    assert (out / "base").is_dir() and (out / "notes").is_dir() and (out / "user_file.txt").is_file()
+    assert lines == ["expert gone_01: not a skill of this revision of the recipe; removing it"]
+    recipe.drop_stale_experts(tmp_path / "absent", lines.append)  # a fresh build has no folder yet
+
+
 def test_a_suite_like_skill_is_evaluated_task_by_task(tmp_path):
     class Expert:
         path = tmp_path

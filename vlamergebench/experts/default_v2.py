@@ -198,7 +198,27 @@ def stale_fields(expert: Path, index: int) -> dict[str, Any]:
 
 
 def drop_stale_experts(out: Path, log: Callable[[str], None]) -> None:
-    """Remove every expert an earlier recipe revision built, its training state and the statistics on it."""
+    """Remove every expert an earlier recipe revision built, its training state and the statistics on it.
+
+    That includes experts of skills the recipe no longer has (revision 3 replaced ``spatial_01``): only
+    directories holding an expert checkpoint are touched, nothing else in ``out``.
+    """
+    from vlamergebench.policies.checkpoint import CONFIG_FILE
+
+    names = {skill.name for skill in SKILLS}
+    for config in sorted(out.glob(f"*/{CONFIG_FILE}")) if out.is_dir() else []:
+        expert = config.parent
+        if expert.name in names or expert.name == "base":
+            continue
+        try:
+            role = json.loads(config.read_text()).get("role")
+        except (OSError, ValueError):
+            continue  # not a checkpoint this build wrote
+        if role == "expert":
+            log(f"expert {expert.name}: not a skill of this revision of the recipe; removing it")
+            shutil.rmtree(expert)
+            shutil.rmtree(out / f"{expert.name}.work", ignore_errors=True)
+            (out / STATS_FILE).unlink(missing_ok=True)
     for index, skill in enumerate(SKILLS, start=1):
         expert = out / skill.name
         stale = stale_fields(expert, index)
