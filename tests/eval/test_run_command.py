@@ -137,7 +137,12 @@ def test_ctrl_c_prints_one_line_saying_how_to_resume(expert_set, tmp_path):
     command = [sys.executable, "-m", "vlamergebench.cli", "run", "--method", "ta", "--experts",
                str(expert_set), "--out", str(out), "--episodes", "3", "--max-steps", "200", "--workers", "1",
                "--no-progress"]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: a shell's background job (CI started with `&`) inherits SIGINT ignored, and Python
+    # then honours that; the run's own handler is what this test is about, so the child starts with default.
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     deadline = time.monotonic() + 400
     while not (out / "results.sqlite").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
