@@ -214,16 +214,39 @@ def timed(command: list[str], log: Path, threads: int) -> tuple[float, float, fl
     return wall, usage.ru_maxrss / 2**20, usage.ru_utime + usage.ru_stime, peak_anon / 2**20
 
 
-def mergekit_config(root: Path, method: str, experts: int) -> Path:
-    """A ``mergekit-pytorch`` YAML: base + every expert at weight 1 (and density 0.2 for TIES)."""
+def mergekit_config(root: Path, method: str, experts: int, prefix: str = "mergekit_") -> Path:
+    """A ``mergekit-pytorch`` YAML: base + every expert at weight 1 (and density 0.2 for TIES).
+
+    ``prefix`` picks the input files: ``mergekit_`` the whole models, ``mergekit_targets_`` the LoRA
+    targets only.
+    """
     parameters = {"weight": 1.0, "density": 0.2} if method == "ties" else {"weight": 1.0}
-    lines = [f"merge_method: {method}", f"base_model: {root / 'mergekit_base.safetensors'}", "models:"]
+    lines = [f"merge_method: {method}", f"base_model: {root / f'{prefix}base.safetensors'}", "models:"]
     for index in range(experts):
-        lines.append(f"  - model: {root / f'mergekit_skill_{index}.safetensors'}")
+        lines.append(f"  - model: {root / f'{prefix}skill_{index}.safetensors'}")
         lines.append(f"    parameters: {json.dumps(parameters)}")
-    path = root / f"mergekit_{method}.yml"
+    path = root / f"{prefix}{method}.yml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def write_target_only_files(root: Path, experts: int, layers: int) -> None:
+    """MergeKit's inputs cut to the tensors ours merges (the LoRA targets' weights), once.
+
+    MergeKit merges every tensor of its files, the 136 M-parameter embedding and the norms included, whose
+    task vectors are zero here; on these files both tools merge the identical tensor set.
+    """
+    names = [module + ".weight" for module in targets(layers)]
+    for model in ["base", *(f"skill_{index}" for index in range(experts))]:
+        path = root / f"mergekit_targets_{model}.safetensors"
+        if path.exists():
+            continue
+        whole = TensorFile(root / f"mergekit_{model}.safetensors", model)
+        partial = path.with_suffix(".partial")
+        with StreamingSafetensorsWriter(partial, [(n, torch.bfloat16, whole.shape(n)) for n in names]) as out:
+            for name in names:
+                out.copy_from(name, whole)
+        partial.rename(path)
 
 
 def ours(root: Path, method: str, out: str, *overrides: str) -> list[str]:
@@ -372,6 +395,19 @@ def main() -> None:
                 "--quiet",
             ],
         ),  # fmt: skip
+        *(
+            (
+                case,
+                "MergeKit (LoRA targets only)",
+                [
+                    mergekit,
+                    str(mergekit_config(root, method, args.experts, "mergekit_targets_")),
+                    str(root / "out" / f"mergekit_targets_{method}"),
+                    "--quiet",
+                ],
+            )
+            for case, method in (("TA", "task_arithmetic"), ("TIES 20%/tensor", "ties"))
+        ),  # fmt: skip
         ("TA", "ours (LoRA tau)", ours(root, "ta", "ta_lora")),
         ("TIES 20%/tensor", "ours (LoRA tau)", ours(root, "ties_per_tensor", "ties_lora")),
         ("TIES 20% global", "ours (dense tau)", ours(root, "ties", "ties_global", 'task_vectors="dense"')),
@@ -407,8 +443,10 @@ def main() -> None:
     thread_counts = [int(value) for value in str(args.threads).split(",")]
     for threads in thread_counts:
         for case, tool, command in cases:
-            if args.skip_mergekit and tool == "MergeKit":
+            if args.skip_mergekit and tool.startswith("MergeKit"):
                 continue
+            if tool == "MergeKit (LoRA targets only)":
+                write_target_only_files(root, args.experts, args.layers)  # not timed
             runs = [timed(command, root / "out" / "last.log", threads) for _ in range(args.repeats)]
             wall, peak, cpu, private = (min(run[i] for run in runs) for i in range(4))
             scale = scales.get(tool, 1.0)
@@ -435,6 +473,17 @@ def main() -> None:
             f"{row['wall_s']:.1f} | {row['cpu_s']:.1f} | {row['peak_rss_gib']:.2f} | {row['private_gib']:.2f}"
         )
         print(f"| {row['case']} | {row['tool']} | {row['threads']} | {figures} | {speed} | {cpu} |")
+    for row in rows:
+        same_set = next(
+            (r for r in rows if r["case"] == row["case"] and r["threads"] == row["threads"]
+             and r["tool"] == "MergeKit (LoRA targets only)"),
+            None,
+        )  # fmt: skip
+        if same_set and row["tool"] == "ours (dense tau)":
+            wall, cpu = same_set["wall_s"] / row["wall_s"], same_set["cpu_s"] / row["cpu_s"]
+            memory = f"private {row['private_gib']:.2f} vs {same_set['private_gib']:.2f} GiB"
+            print(f"identical tensor set, {row['case']}, {row['threads']} thread(s): ours {wall:.1f}x wall, "
+                  f"{cpu:.1f}x CPU; {memory}")  # fmt: skip
     if any(row["scale"] != 1.0 for row in rows):
         print(
             "\nscaled rows: the measured time x blocks x 300 / steps (loading included, so an overestimate)"
