@@ -287,16 +287,18 @@ def plot(rows: list[dict], path: Path, threads: int, model: str) -> None:
 
     labels = [f"{row['case']}\n{row['tool']}" for row in rows]
     colors = ["tab:blue" if row["tool"].startswith("ours") else "tab:gray" for row in rows]
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, axes = plt.subplots(1, 3, figsize=(16, 4.5), sharey=True)
     for axis, key, title in (
         (axes[0], "wall_s", "wall time (s)"),
-        (axes[1], "peak_rss_gib", "peak RSS (GiB)"),
+        (axes[1], "peak_rss_gib", "peak RSS (GiB; mapped input pages included)"),
+        (axes[2], "private_gib", "peak private memory (GiB)"),
     ):
         axis.barh(labels, [row[key] for row in rows], color=colors)
         axis.set_title(title)
-        axis.invert_yaxis()
-    axes[1].axvline(2.5, color="tab:red", linestyle="--", label="2.5 GiB goal")
-    axes[1].legend(loc="upper right")
+    axes[0].invert_yaxis()  # shared y: once for all three
+    for axis in axes[1:]:
+        axis.axvline(2.5, color="tab:red", linestyle="--", label="2.5 GiB goal")
+        axis.legend(loc="lower right")
     per_tool = f"{threads} thread(s) per tool" if threads else "default threads"
     figure.suptitle(f"Merging {model}, 2-core CPU, {per_tool}")
     figure.tight_layout()
