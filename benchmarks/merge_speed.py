@@ -475,13 +475,13 @@ def main() -> None:
             f"{row['wall_s']:.1f} | {row['cpu_s']:.1f} | {row['peak_rss_gib']:.2f} | {row['private_gib']:.2f}"
         )
         print(f"| {row['case']} | {row['tool']} | {row['threads']} | {figures} | {speed} | {cpu} |")
-    for row in rows:
+    for row in (r for r in rows if r["tool"] == "ours (dense tau)"):
         same_set = next(
             (r for r in rows if r["case"] == row["case"] and r["threads"] == row["threads"]
              and r["tool"] == "MergeKit (LoRA targets only)"),
             None,
         )  # fmt: skip
-        if same_set and row["tool"] == "ours (dense tau)":
+        if same_set:
             wall, cpu = same_set["wall_s"] / row["wall_s"], same_set["cpu_s"] / row["cpu_s"]
             memory = f"private {row['private_gib']:.2f} vs {same_set['private_gib']:.2f} GiB"
             print(f"identical tensor set, {row['case']}, {row['threads']} thread(s): ours {wall:.1f}x wall, "

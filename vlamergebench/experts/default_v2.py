@@ -207,27 +207,27 @@ def drop_stale_experts(out: Path, log: Callable[[str], None]) -> None:
     from vlamergebench.policies.checkpoint import CONFIG_FILE
 
     names = {skill.name for skill in SKILLS}
-    for config in sorted(out.glob(f"*/{CONFIG_FILE}")) if out.is_dir() else []:
-        expert = config.parent
-        if expert.name in names or expert.name == "base":
+    dropped: list[tuple[Path, str]] = []  # (expert folder, why)
+    for config in sorted(out.glob(f"*/{CONFIG_FILE}")):
+        if config.parent.name in names or config.parent.name == "base":
             continue
         try:
             role = json.loads(config.read_text()).get("role")
         except (OSError, ValueError):
             continue  # not a checkpoint this build wrote
         if role == "expert":
-            log(f"expert {expert.name}: not a skill of this revision of the recipe; removing it")
-            shutil.rmtree(expert)
-            shutil.rmtree(out / f"{expert.name}.work", ignore_errors=True)
-            (out / STATS_FILE).unlink(missing_ok=True)
+            dropped.append((config.parent, "not a skill of this revision of the recipe; removing it"))
     for index, skill in enumerate(SKILLS, start=1):
-        expert = out / skill.name
-        stale = stale_fields(expert, index)
+        stale = stale_fields(out / skill.name, index)
         if stale:
-            log(f"expert {skill.name}: built by another revision of the recipe (now {stale}); rebuilding")
-            shutil.rmtree(expert)
-            shutil.rmtree(out / f"{skill.name}.work", ignore_errors=True)
-            (out / STATS_FILE).unlink(missing_ok=True)
+            dropped.append(
+                (out / skill.name, f"built by another revision of the recipe (now {stale}); rebuilding")
+            )
+    for expert, why in dropped:
+        log(f"expert {expert.name}: {why}")
+        shutil.rmtree(expert)
+        shutil.rmtree(out / f"{expert.name}.work", ignore_errors=True)
+        (out / STATS_FILE).unlink(missing_ok=True)
 
 
 def needed_demos(out: Path) -> dict[tuple[str, int], int]:
