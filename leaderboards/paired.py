@@ -21,7 +21,7 @@ no other entry separates share a rank (the "clusters" of shared-task rankings).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -103,18 +103,13 @@ def paired_difference(
     def weighted_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.sum(w * (x - y), axis=axis)
 
-    test = stats.permutation_test(
-        (a[differs], b[differs]),
-        weighted_difference,
-        permutation_type="samples",
-        vectorized=True,
-        n_resamples=_RESAMPLES,
-        alternative="two-sided",
-        random_state=0,
-    )
-
-    if not interval:
-        return PairedDifference(difference, np.nan, np.nan, float(test.pvalue), **counts)
+    if differs.sum() == 1:
+        # exact: the one disagreeing pair's two swaps give +d and -d, equally extreme (scipy needs two)
+        p_value = 1.0
+    else:
+        p_value = float(_permutation_p(a[differs], b[differs], weighted_difference))
+    if not interval or len(a) < 2:  # a single pair has no resampling distribution
+        return PairedDifference(difference, np.nan, np.nan, p_value, **counts)
 
     def weighted_mean(d: np.ndarray, v: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.sum(v * d, axis=axis) / np.sum(v, axis=axis)
@@ -128,7 +123,22 @@ def paired_difference(
         n_resamples=_RESAMPLES,
         random_state=0,
     ).confidence_interval
-    return PairedDifference(difference, float(bounds.low), float(bounds.high), float(test.pvalue), **counts)
+    return PairedDifference(difference, float(bounds.low), float(bounds.high), p_value, **counts)
+
+
+def _permutation_p(a: np.ndarray, b: np.ndarray, statistic: Callable[..., np.ndarray]) -> float:
+    """The paired randomisation test of scipy (outcomes of a pair swap), two-sided; at least two pairs."""
+    from scipy import stats
+
+    return stats.permutation_test(
+        (a, b),
+        statistic,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=_RESAMPLES,
+        alternative="two-sided",
+        random_state=0,
+    ).pvalue
 
 
 def compare(outcomes: pd.DataFrame, a: str, b: str, interval: bool = True) -> PairedDifference | None:

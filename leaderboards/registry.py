@@ -55,6 +55,12 @@ BUILDERS.register(
     artefact="ranked entries x suites + average + storage, best in bold; LaTeX (booktabs), Markdown, CSV",
 )
 BUILDERS.register(
+    "findings",
+    "vlamergebench.leaderboards.findings:BOARD",
+    kind="board",
+    artefact="published findings vs the entries testing them, decomposition, oracle lambda; CSV, Markdown",
+)
+BUILDERS.register(
     "page",
     "vlamergebench.leaderboards.page:build",
     kind="page",

@@ -28,7 +28,7 @@ def test_builder_contract(name, store_dir, built, tmp_path):
 
 def test_unknown_builder_is_refused_before_work(store_dir, tmp_path):
     with pytest.raises(
-        KeyError, match="unknown leaderboard builder 'sucess'; registered: entries, forgetting, page"
+        KeyError, match="unknown leaderboard builder 'sucess'; registered: entries, findings, forgetting"
     ):
         build_leaderboards([store_dir], tmp_path / "out", ["sucess"])
     assert not (tmp_path / "out").exists()

@@ -44,6 +44,6 @@ def test_leaderboard_command_names_bad_input(tmp_path, capsys, store_dir):
     )
     assert main(["leaderboard", str(store_dir), "--out", str(tmp_path / "o"), "--only", "sucess"]) == 1
     assert (
-        "unknown leaderboard builder 'sucess'; registered: entries, forgetting, page, paper, storage"
+        "unknown leaderboard builder 'sucess'; registered: entries, findings, forgetting, page, paper"
         in capsys.readouterr().err
     )

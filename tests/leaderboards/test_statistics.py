@@ -28,6 +28,17 @@ def test_paired_difference_is_the_exact_mcnemar_test_with_equal_weights():
     assert (same.difference, same.low, same.high, same.p_value) == (0, 0, 0, 1)
 
 
+def test_a_single_disagreeing_pair_has_the_exact_p_value_one():
+    """Two entries that differ in one episode of many (scipy's test needs two samples; McNemar gives 1)."""
+    a = np.array([1, 0, 0, 1])
+    b = np.array([0, 0, 0, 1])
+    result = paired.paired_difference(a, b, np.full(4, 0.25))
+    assert result.p_value == pytest.approx(stats.binomtest(1, 1, 0.5).pvalue) == 1
+    assert result.difference == 0.25 and result.low <= 0.25 <= result.high
+    one = paired.paired_difference(np.array([1]), np.array([0]), np.array([1.0]))
+    assert one.difference == 1 and one.p_value == 1 and np.isnan(one.low) and np.isnan(one.high)
+
+
 def test_pair_weights_reproduce_the_overall_rate():
     index = pd.MultiIndex.from_tuples(
         [("A", "a1", 0, 1), ("A", "a1", 1, 2), ("A", "a2", 0, 3), ("B", "b1", 0, 4)], names=paired.PAIR_KEY
