@@ -10,7 +10,8 @@
 #   vlamergebench leaderboard leaderboards/default/*.zip runs/mine --out board/
 #
 # Methods with a router of their own run twice (oracle, then their router); the expert bank also runs on the
-# perturbed variants at level 3 (one per axis) for the perturbation rows.
+# perturbed variants at level 3 (one per axis) for the perturbation rows, and records its first episode of every
+# task (the page's strip of rollout thumbnails; the posters travel in the bundle, the MP4s stay in $RUNS).
 # EXPERTS picks the expert set (default: the embedded one).
 set -euo pipefail
 EXPERTS=${EXPERTS:-}
@@ -53,7 +54,7 @@ method_entry() {
   fi
   if [ "$method" = expert_bank ]; then
     EXTRA_RUN="--method expert_bank --episodes $PERTURBED_EPISODES --perturbations L3" \
-      entry "$method" --method "$method" --routing "$routing"
+      entry "$method" --method "$method" --routing "$routing" --record-videos 1
   else
     entry "$method" --method "$method" --routing "$routing"
   fi
