@@ -118,6 +118,13 @@ def _add_collect_demos(parser: argparse.ArgumentParser) -> None:
         "--no-save", action="store_true", help="roll out and report only (no images, no file)"
     )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted <file>.partial")
+    parser.add_argument(
+        "--action-noise",
+        type=float,
+        default=0.0,
+        help="std of Gaussian noise added to the executed arm command, the expert's own action recorded "
+        "(DART noise injection; default 0)",
+    )
     parser.add_argument("--report", help="append one CSV row per episode to this file (docs/libero.md table)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -134,6 +141,7 @@ def _run_collect_demos(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         out=None if args.no_save else args.out,
         resume=args.resume,
+        action_noise=args.action_noise,
     )
     result = collect_demos(config, progress=not args.no_progress)
     for episode in result.episodes:

@@ -107,6 +107,36 @@ def test_failed_attempts_are_not_written_and_resume_skips_attempted(tmp_path):
         assert len(reader) == 0 and reader.provenance["attempted_init_states"] == [0]
 
 
+def test_noise_injection_perturbs_the_executed_arm_command_and_records_the_experts(monkeypatch):
+    """DART: the simulator runs expert + noise on the arm (never the gripper); the file keeps the expert's."""
+    env = gym.make("vlamergebench/LIBERO-Object-v0", task=0, image_size=SIZE, max_episode_steps=12)
+    executed = []
+    step = env.step
+
+    def spy(action):
+        executed.append(np.array(action, dtype=float))
+        return step(action)
+
+    monkeypatch.setattr(env, "step", spy)
+    try:
+        expert = LiberoScriptedExpert(env.unwrapped.sim_env)
+        clean = run_expert_episode(env, expert, init_state_id=0, seed=4)
+        clean_executed, executed[:] = list(executed), []
+        noisy = run_expert_episode(env, expert, init_state_id=0, seed=4, action_noise=0.2)
+        noisy_executed, executed[:] = list(executed), []
+        again = run_expert_episode(env, expert, init_state_id=0, seed=4, action_noise=0.2)
+    finally:
+        env.close()
+    assert np.array_equal(np.stack(clean_executed), clean.actions)  # no noise: what ran is what is recorded
+    difference = np.stack(noisy_executed) - noisy.actions
+    assert np.abs(difference[:, :6]).max() > 0.05 and np.all(difference[:, 6] == 0)  # arm only
+    assert np.all(np.abs(np.stack(noisy_executed)) <= 1.0)
+    assert not np.array_equal(noisy.states, clean.states)  # the noise moved the robot
+    assert np.array_equal(again.actions, noisy.actions)  # drawn from the episode's seed
+    with pytest.raises(ValueError, match="action_noise must be a standard deviation in"):
+        CollectConfig(suite="libero_object", task=0, episodes=1, action_noise=-0.1)
+
+
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="unknown suite 'libero_nope'"):
         CollectConfig(suite="libero_nope", task=0, episodes=1)

@@ -58,6 +58,39 @@ def test_experts_of_skills_the_recipe_dropped_are_removed_and_nothing_else(tmp_p
     recipe.drop_stale_experts(tmp_path / "absent", lines.append)  # a fresh build has no folder yet
 
 
+def test_an_expert_trained_on_other_demonstration_files_is_stale(tmp_path, monkeypatch):
+    """Revision 4 added noise-injected demonstrations to one skill: its expert on the old files is rebuilt."""
+    skill = recipe.SkillRecipe("pair", "libero_goal", (6, 9))
+    monkeypatch.setattr(recipe, "SKILLS", (skill,))
+    demos = tmp_path / "set" / "demos"
+    expert = tmp_path / "set" / "pair"
+    expert.mkdir(parents=True)
+
+    def write_config(paths):
+        provenance = {"train": recipe.expert_train_config(1), "demos": [{"path": str(p)} for p in paths]}
+        (expert / "config.json").write_text(json.dumps({"role": "expert", "provenance": provenance}))
+
+    write_config(recipe.skill_demo_paths(demos, skill))
+    assert recipe.stale_fields(expert, 1) == {}
+    assert [p.relative_to(demos).as_posix() for p in recipe.skill_demo_paths(demos, skill)] == [
+        "libero_goal_task6.hdf5",
+        "libero_goal_task9.hdf5",
+    ]
+    noisy = recipe.SkillRecipe("pair", "libero_goal", (6, 9), noisy_demos=0.1)
+    monkeypatch.setattr(recipe, "SKILLS", (noisy,))
+    wanted = [
+        "libero_goal_task6.hdf5",
+        "libero_goal_task9.hdf5",
+        "noise_0.1/libero_goal_task6.hdf5",
+        "noise_0.1/libero_goal_task9.hdf5",
+    ]
+    assert [p.relative_to(demos).as_posix() for p in recipe.skill_demo_paths(demos, noisy)] == wanted
+    assert recipe.stale_fields(expert, 1) == {"demos": wanted}
+    assert recipe.skill_demo_plan(noisy)[("libero_goal", 9, 0.1)] == recipe.EXPERT_DEMO_ATTEMPTS
+    write_config(recipe.skill_demo_paths(demos, noisy))
+    assert recipe.stale_fields(expert, 1) == {}
+
+
 def test_a_suite_like_skill_is_evaluated_task_by_task(tmp_path):
     class Expert:
         path = tmp_path

@@ -6,6 +6,13 @@ recording the simulator state before every action. Only successful episodes are 
 replayed with the cameras on (``env.observe_state``), which renders exactly the observation the policy would
 have seen at each step, and written through :mod:`vlamergebench.policies.demos`.
 
+With ``action_noise`` > 0 the collection injects noise as DART does (Laskey et al., "DART: Noise Injection for
+Robust Imitation Learning", arXiv 1703.09327): the simulator executes the expert's arm command plus zero-mean
+Gaussian noise (the six arm dimensions, clipped to [-1, 1]; never the gripper), while the recorded action
+stays the expert's own. The scripted expert is closed-loop, so the recorded actions are its corrections from
+the states the noise leads to: the demonstrations cover the near-misses a learner drifts into. The noise is
+drawn from the episode's seed.
+
 The output file appears only when the collection finishes (``<file>.partial`` before); ``resume=True``
 continues an interrupted collection after the last attempted episode.
 
@@ -46,6 +53,7 @@ class CollectConfig:
         image_size: camera side in pixels for the stored images.
         out: output directory (file ``<suite>_task<id>.hdf5``), or None to only roll out and report.
         resume: continue ``<file>.partial`` after its last attempted episode.
+        action_noise: standard deviation of the noise added to the executed arm command (0: none; DART).
     """
 
     suite: str
@@ -56,8 +64,11 @@ class CollectConfig:
     image_size: int = 128
     out: str | None = None
     resume: bool = False
+    action_noise: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.action_noise <= 1.0:
+            raise ValueError(f"action_noise must be a standard deviation in [0, 1], got {self.action_noise}")
         if self.suite not in vlamergebench.envs.LIBERO_ENV_IDS:
             raise ValueError(
                 f"unknown suite {self.suite!r}; valid: {sorted(vlamergebench.envs.LIBERO_ENV_IDS)}"
@@ -108,8 +119,16 @@ class CollectResult:
         return sum(e.success for e in self.episodes)
 
 
-def run_expert_episode(env: gym.Env, expert: LiberoScriptedExpert, init_state_id: int, seed: int) -> Episode:
+ARM_DIMENSIONS = 6  # the noise never touches the gripper (the last dimension)
+
+
+def run_expert_episode(
+    env: gym.Env, expert: LiberoScriptedExpert, init_state_id: int, seed: int, action_noise: float = 0.0
+) -> Episode:
     """Roll the expert out physics-only; record the state before and the action of every step.
+
+    With ``action_noise`` the executed arm command is perturbed (DART, module docstring); the recorded action
+    is the expert's.
 
     Returns:
         An :class:`Episode` with ``actions`` ``(T, 7)`` and ``states`` ``(T, S)`` (state before step t).
@@ -118,12 +137,17 @@ def run_expert_episode(env: gym.Env, expert: LiberoScriptedExpert, init_state_id
     unwrapped.set_camera_rendering(False)
     env.reset(seed=seed, options={"init_state_id": init_state_id})
     expert.reset()
+    noise = np.random.default_rng(seed)
     actions, states = [], []
     terminated = truncated = False
     while not (terminated or truncated):
         states.append(unwrapped.get_sim_state())
         actions.append(expert.act())
-        _, _, terminated, truncated, _ = env.step(actions[-1])
+        executed = np.array(actions[-1], dtype=np.float64)
+        if action_noise > 0:
+            executed[:ARM_DIMENSIONS] += noise.normal(0.0, action_noise, ARM_DIMENSIONS)
+            executed[:ARM_DIMENSIONS] = np.clip(executed[:ARM_DIMENSIONS], -1.0, 1.0)
+        _, _, terminated, truncated, _ = env.step(executed)
     return Episode(
         init_state_id, seed, bool(terminated), len(actions), np.asarray(actions), np.asarray(states)
     )
@@ -189,7 +213,7 @@ def collect_demos(config: CollectConfig, progress: bool = True) -> CollectResult
                     continue
                 start = time.perf_counter()
                 seed = config.seed + (init_state_id - config.start_init_state)
-                episode = run_expert_episode(env, expert, init_state_id, seed)
+                episode = run_expert_episode(env, expert, init_state_id, seed, config.action_noise)
                 result.rollout_seconds += time.perf_counter() - start
                 result.episodes.append(episode)
                 if writer is not None:

@@ -50,7 +50,24 @@ carries it past the plate (3 of 10: lifted 16-18 cm and moved 34-38 cm, where su
 learn the suite's other bowl placements, so the task is replaced by the lowest-numbered LIBERO-Spatial task
 that neither the base nor another expert uses (task 2, the bowl "from table center"), chosen by that rule
 and not by any result; the expert is renamed ``spatial_02``. Under revision 3, object_01 reached 20/20 and
-20/20, spatial_02 16/20 and 18/20 on init states 0-19 (both at or above the bar).
+20/20, spatial_02 16/20 and 18/20 on init states 0-19 (both at or above the bar); goal_78 19/20 and 19/20;
+goal_69 17/20 on the cream cheese and 12/20 on the wine bottle "on the rack" (7/10 under revision 0): the set
+was refused.
+Revision 4 (2026-12-06, from the expert's own rollouts only): tracking the bottle over revision 3's goal_69
+on its failing init states (8 of 8 failures looked at: 0, 4, 8, 12, 14, 15, 17, 18) showed every failure at
+the grasp: the gripper closes beside the bottle (it never lifts more than 4 cm) and in 6 of 8 tips it over
+(33-98 degrees); no failure happens after a lift (a success lifts it 41 cm and sets it within 1 cm of the
+rack's site). Training settings did not move it (7/10 at 2000 steps, 12/20 at 4000 with the faster head).
+The revision-3 rule cannot replace the task: the Goal tasks neither the base nor another expert uses (3 and
+5) are the two the scripted expert cannot demonstrate (26% and 0%). Nor can more clean demonstrations be had:
+LIBERO has 50 init states per task, 20 held out for evaluation, and the scripted expert is deterministic. A
+learner that closes beside the bottle has drifted into states no clean demonstration visits, the covariate
+shift DART addresses (Laskey et al., arXiv 1703.09327): goal_69 now also trains on one noise-injected
+demonstration per init state 20-49 and task (the arm command executed with Gaussian noise of std 0.1, a
+half to a sixth of the spread of the expert's own translation commands on the wine task, the expert's
+correction recorded). The other experts are not rebuilt. Noise-injected files live in ``demos/noise_0.1/``
+and an expert's recorded files are compared with the recipe's, so an expert trained on other files is
+rebuilt.
 
 Rendering the evaluation cameras at the demonstrations' 128 px (then resized like the training frames)
 instead of 84 px changed success by at most one episode in ten per task, so evaluation keeps rendering at the
@@ -85,12 +102,15 @@ class SkillRecipe:
     name: str
     suite: str
     task_ids: tuple[int, ...]
+    noisy_demos: float = 0.0  # > 0: also train on DART noise-injected demos of each task at this std
 
     @property
     def env_id(self) -> str:
         """The Gymnasium id of the skill's suite."""
         return LIBERO_ENV_IDS[self.suite]
 
+
+DemoKey = tuple[str, int, float]  # (suite, task id, action noise) of one demonstration file
 
 # (suite, task ids) the base is pretrained on: every scene family, none of the experts' tasks.
 BASE_TASKS: tuple[tuple[str, tuple[int, ...]], ...] = (
@@ -102,7 +122,8 @@ SKILLS = (
     SkillRecipe("object_01", "libero_object", (0, 1)),  # alphabet soup / cream cheese into the basket
     SkillRecipe("spatial_02", "libero_spatial", (0, 2)),  # black bowl (two placements) onto the plate
     SkillRecipe("goal_78", "libero_goal", (7, 8)),  # turn on the stove / bowl on the plate
-    SkillRecipe("goal_69", "libero_goal", (6, 9)),  # cream cheese in the bowl / wine bottle on the rack
+    # cream cheese in the bowl / wine bottle on the rack; plus noise-injected demonstrations (revision 4)
+    SkillRecipe("goal_69", "libero_goal", (6, 9), noisy_demos=0.1),
 )
 BASE_DEMO_ATTEMPTS = 20  # scripted episodes per base task; only successes are kept
 EXPERT_DEMO_ATTEMPTS = 30  # per expert task
@@ -137,32 +158,51 @@ SET_NAME = "vlamergebench-default-v2"
 STATS_FILE = "stats.json"
 
 
-def demo_plan() -> dict[tuple[str, int], int]:
-    """Every demonstration file the recipe needs: (suite, task id) -> scripted attempts."""
-    plan = {(suite, task): BASE_DEMO_ATTEMPTS for suite, tasks in BASE_TASKS for task in tasks}
+def demo_plan() -> dict[DemoKey, int]:
+    """Every demonstration file the recipe needs: (suite, task id, action noise) -> scripted attempts."""
+    plan = {(suite, task, 0.0): BASE_DEMO_ATTEMPTS for suite, tasks in BASE_TASKS for task in tasks}
     for skill in SKILLS:
         for task in skill.task_ids:
-            if (skill.suite, task) in plan:
+            if (skill.suite, task, 0.0) in plan:
                 raise AssertionError(f"{skill.name}: task {skill.suite} {task} is also a base task")
-            plan[(skill.suite, task)] = EXPERT_DEMO_ATTEMPTS
+        plan |= skill_demo_plan(skill)
     return plan
 
 
-def _is_base_task(key: tuple[str, int]) -> bool:
-    return any(key[0] == suite and key[1] in tasks for suite, tasks in BASE_TASKS)
+def skill_demo_plan(skill: SkillRecipe) -> dict[DemoKey, int]:
+    """The demonstration files one expert trains on: clean ones, and noise-injected ones if it has them."""
+    noises = (0.0, skill.noisy_demos) if skill.noisy_demos > 0 else (0.0,)
+    return {(skill.suite, task, noise): EXPERT_DEMO_ATTEMPTS for noise in noises for task in skill.task_ids}
 
 
-def demo_path(demos: Path, suite: str, task_id: int) -> Path:
-    """Where ``collect-demos`` writes the demonstrations of one task."""
-    return demos / f"{suite}_task{task_id}.hdf5"
+def _is_base_task(key: DemoKey) -> bool:
+    return key[2] == 0.0 and any(key[0] == suite and key[1] in tasks for suite, tasks in BASE_TASKS)
 
 
-def _collect_one(suite: str, task_id: int, attempts: int, demos: str) -> tuple[str, float]:
+def demo_path(demos: Path, suite: str, task_id: int, action_noise: float = 0.0) -> Path:
+    """Where ``collect-demos`` writes the demonstrations of one task.
+
+    Noise-injected demonstrations get their own folder (``demos/noise_<std>/``): the same file name, never
+    mistaken for the clean file.
+    """
+    folder = demos if action_noise == 0.0 else demos / f"noise_{action_noise:g}"
+    return folder / f"{suite}_task{task_id}.hdf5"
+
+
+def skill_demo_paths(demos: Path, skill: SkillRecipe) -> list[Path]:
+    """The demonstration files an expert trains on (clean ones first, task by task)."""
+    return [demo_path(demos, *key) for key in skill_demo_plan(skill)]
+
+
+def _collect_one(
+    suite: str, task_id: int, attempts: int, demos: str, action_noise: float = 0.0
+) -> tuple[str, float]:
     """One task's demonstrations (in a worker process; resumes a ``.partial`` file): (summary, seconds)."""
     from vlamergebench.experts.collect import CollectConfig, collect_demos
 
     started = time.monotonic()
-    path = demo_path(Path(demos), suite, task_id)
+    path = demo_path(Path(demos), suite, task_id, action_noise)
+    path.parent.mkdir(parents=True, exist_ok=True)
     config = CollectConfig(
         suite=suite,
         task=task_id,
@@ -170,8 +210,9 @@ def _collect_one(suite: str, task_id: int, attempts: int, demos: str) -> tuple[s
         start_init_state=FIRST_DEMO_INIT_STATE,
         seed=FIRST_DEMO_INIT_STATE,
         image_size=DEMO_IMAGE_SIZE,
-        out=demos,
+        out=str(path.parent),
         resume=path.with_name(path.name + ".partial").exists(),
+        action_noise=action_noise,
     )
     result = collect_demos(config, progress=False)
     summary = f"{result.successes}/{len(result.episodes)} scripted successes"
@@ -184,18 +225,30 @@ def expert_train_config(index: int) -> dict[str, Any]:
 
 
 def stale_fields(expert: Path, index: int) -> dict[str, Any]:
-    """Fields of the recipe's training config that the expert at ``expert`` was not trained with.
+    """Fields of the recipe's training config (and its demonstration files) the expert was not trained with.
 
     An expert built by an earlier revision of the recipe is not a finished stage of this one: the build
-    rebuilds it instead of shipping it. Empty when the expert matches (or does not exist).
+    rebuilds it instead of shipping it. Empty when the expert matches (or does not exist). Demonstration
+    files compare by their folder and name inside the set's ``demos/`` (noise-injected ones are another
+    folder).
     """
     from vlamergebench.policies.checkpoint import CONFIG_FILE
 
     path = expert / CONFIG_FILE
     if not path.is_file():
         return {}
-    recorded = json.loads(path.read_text()).get("provenance", {}).get("train", {})
-    return {key: value for key, value in expert_train_config(index).items() if recorded.get(key) != value}
+    provenance = json.loads(path.read_text()).get("provenance", {})
+    recorded = provenance.get("train", {})
+    stale = {key: value for key, value in expert_train_config(index).items() if recorded.get(key) != value}
+    wanted = [_demo_name(p) for p in skill_demo_paths(Path("demos"), SKILLS[index - 1])]
+    if [_demo_name(Path(d.get("path", ""))) for d in provenance.get("demos", [])] != wanted:
+        stale["demos"] = wanted
+    return stale
+
+
+def _demo_name(path: Path) -> str:
+    """``noise_0.1/libero_goal_task9.hdf5``, or the file name alone for the default folder."""
+    return path.name if path.parent.name == "demos" else f"{path.parent.name}/{path.name}"
 
 
 def drop_stale_experts(out: Path, log: Callable[[str], None]) -> None:
@@ -230,21 +283,21 @@ def drop_stale_experts(out: Path, log: Callable[[str], None]) -> None:
         (out / STATS_FILE).unlink(missing_ok=True)
 
 
-def needed_demos(out: Path) -> dict[tuple[str, int], int]:
+def needed_demos(out: Path) -> dict[DemoKey, int]:
     """The demonstrations the unfinished training stages still need (a trained base needs none)."""
     from vlamergebench.policies.checkpoint import CONFIG_FILE
 
     needed = {}
     if not (out / "base" / CONFIG_FILE).is_file():
-        needed |= {(suite, task): BASE_DEMO_ATTEMPTS for suite, tasks in BASE_TASKS for task in tasks}
+        needed |= {(suite, task, 0.0): BASE_DEMO_ATTEMPTS for suite, tasks in BASE_TASKS for task in tasks}
     for skill in SKILLS:
         if not (out / skill.name / CONFIG_FILE).is_file():
-            needed |= {(skill.suite, task): EXPERT_DEMO_ATTEMPTS for task in skill.task_ids}
+            needed |= skill_demo_plan(skill)
     return needed
 
 
 def collect_demos_for(
-    out: Path, plan: dict[tuple[str, int], int], jobs: int, stages: StageLog, log: Callable[[str], None]
+    out: Path, plan: dict[DemoKey, int], jobs: int, stages: StageLog, log: Callable[[str], None]
 ) -> None:
     """The missing files of ``plan``, ``jobs`` tasks at a time (each a single-core simulator process)."""
     demos = out / "demos"
@@ -256,12 +309,11 @@ def collect_demos_for(
     with ProcessPoolExecutor(
         max_workers=max(1, jobs), mp_context=multiprocessing.get_context("spawn")
     ) as pool:
-        futures = {
-            (suite, task): pool.submit(_collect_one, suite, task, n, str(demos)) for (suite, task), n in todo
-        }
-        for (suite, task), future in futures.items():
+        futures = {key: pool.submit(_collect_one, key[0], key[1], n, str(demos), key[2]) for key, n in todo}
+        for (suite, task, noise), future in futures.items():
             summary, seconds = future.result()
-            stages.record(f"demos {suite} task {task}", seconds, summary)
+            name = f"demos {suite} task {task}" + (f" noise {noise:g}" if noise else "")
+            stages.record(name, seconds, summary)
 
 
 def skill_record(skill: SkillRecipe, demos: Path) -> dict[str, Any]:
@@ -353,7 +405,7 @@ def build_default_experts_v2(
             expert / CONFIG_FILE,
             lambda expert=expert, skill=skill, index=index: train(
                 TrainConfig.from_dict(expert_train_config(index)),
-                [str(demo_path(demos, skill.suite, task)) for task in skill.task_ids],
+                [str(path) for path in skill_demo_paths(demos, skill)],
                 expert,
                 base=base,
                 skill=skill_record(skill, demos),
