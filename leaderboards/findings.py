@@ -220,7 +220,9 @@ def compute(results: Results) -> dict[str, pd.DataFrame]:
         rows = []
         for _, row in runs.iterrows():
             config = json.loads(row["method_config_json"])
-            base = _default_config(method) or {}
+            if method not in defaults:
+                defaults[method] = _default_config(method)
+            base = defaults[method] or {}
             others = {k: v for k, v in config.items() if k != key}
             if others != {k: v for k, v in base.items() if k != key}:
                 continue  # another knob changed too: not a point of the scale sweep
@@ -270,17 +272,6 @@ def _measured(frame: pd.DataFrame) -> list[str]:
     ]
 
 
-def _versus_bank(frame: pd.DataFrame) -> list[str]:
-    shown = []
-    for diff, low, high, p in frame[["vs_bank", "vs_bank_low", "vs_bank_high", "vs_bank_p"]].to_numpy():
-        shown.append(
-            tb.MISSING
-            if diff is None or np.isnan(diff)
-            else f"{tb.signed_points(diff)} [{tb.signed_points(low)}, {tb.signed_points(high)}] p={p:.2g}"
-        )
-    return shown
-
-
 def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """Findings with the entries that test them; the decomposition rows; the oracle scale sweep."""
     import pandas as pd
@@ -296,7 +287,7 @@ def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
             "episodes": [
                 tb.MISSING if not e else int(n) for e, n in findings[["entry", "episodes"]].to_numpy()
             ],
-            "vs expert bank (paired, points)": _versus_bank(findings),
+            "vs expert bank (paired, points)": success._difference(findings, "vs_bank"),
             "storage % dense bank": [tb.percent(v) for v in findings["dense_bank_fraction"]],
             "continual: mean after each admission (BWT)": [
                 f"{curve} (BWT {tb.signed_points(bwt)})" if isinstance(curve, str) and curve else ""
@@ -313,7 +304,7 @@ def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
                     "entry": decomposition["entry"],
                     "success % [95% CI]": _measured(decomposition),
                     "episodes": decomposition["episodes"],
-                    "vs expert bank (paired, points)": _versus_bank(decomposition),
+                    "vs expert bank (paired, points)": success._difference(decomposition, "vs_bank"),
                 }
             )
         )
