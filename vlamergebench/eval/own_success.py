@@ -26,7 +26,8 @@ def success_by_task(
     """Run ``method`` (oracle routing) on every task of ``experts``; ``{(skill, task): success rate}``.
 
     Episodes use init states 0 .. episodes-1 and are stored in ``out/<method>`` (resumable). Episodes that
-    ended in an infrastructure error are left out of the rate.
+    ended in an infrastructure error are left out of the rate. Only this run's episodes count: the store
+    also keeps the runs of earlier builds (other expert sets), which must not be pooled into this one's rate.
     """
     store_dir = Path(out) / method
     config = RunConfig(
@@ -38,9 +39,9 @@ def success_by_task(
         max_steps=max_steps,
         progress=progress,
     )
-    run_command(config)
+    run_ids = {phase.run_id for phase in run_command(config)}
     with ResultsStore.open(store_dir, readonly=True) as store:
         frame = store.episodes_frame()
-    frame = frame[frame["error"].isna()]
+    frame = frame[frame["run_id"].isin(run_ids) & frame["error"].isna()]
     rates = frame.groupby(["skill", "task"], sort=False)["success"].mean()
     return {(str(skill), str(task)): float(rate) for (skill, task), rate in rates.items()}
