@@ -19,8 +19,11 @@ def test_every_package_is_listed():
 
 
 def test_the_default_expert_set_is_package_data():
+    from vlamergebench.eval.run import DEFAULT_EXPERTS
+
+    assert DEFAULT_EXPERTS == ROOT / "vlamergebench" / "default_experts_v2"
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    folder = ROOT / "vlamergebench" / "default_experts"
+    folder = ROOT / "vlamergebench" / "default_experts_v2"
     files = {path for path in folder.rglob("*") if path.is_file() and "__pycache__" not in path.parts}
     assert files, f"{folder} holds no files"
     shipped = {path for pattern in patterns["vlamergebench"] for path in folder.parent.glob(pattern)}

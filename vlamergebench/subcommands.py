@@ -191,7 +191,7 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--experts", default=None, metavar="DIR", help="expert set naming each skill's env")
     parser.add_argument("--select", default="", metavar="NAMES", help="comma-separated skills or suites")
-    parser.add_argument("--episodes", type=int, default=10, help="episodes per task (default 10)")
+    parser.add_argument("--episodes", type=int, default=5, help="episodes per task (default 5, as run)")
     parser.add_argument("--seeds", default="0", help="comma-separated run seeds (default 0)")
     parser.add_argument("--workers", type=int, default=None, help="rollout worker processes (default 2)")
     parser.add_argument(

@@ -1,17 +1,17 @@
-"""The embedded default expert set: shipped in the package, opened by `run` with no --experts, and made by the
-recipe `vlamergebench build-default-experts` runs (vlamergebench/experts/default_v1.py)."""
+"""The first default expert set (v1, in the repository; the package ships v2): made by the recipe
+`vlamergebench build-default-experts --recipe v1` runs (vlamergebench/experts/default_v1.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from vlamergebench.eval.run import DEFAULT_EXPERTS, task_units
+from vlamergebench.eval.run import DEFAULT_EXPERTS_V1, task_units
 from vlamergebench.experts import default_v1 as recipe
 from vlamergebench.policies.checkpoint import ExpertSet
 
 
 def test_the_shipped_set_is_the_recipes():
-    experts = ExpertSet.open(DEFAULT_EXPERTS)
+    experts = ExpertSet.open(DEFAULT_EXPERTS_V1)
     skills = [expert.config["skill"] for expert in experts.experts]
     assert [skill["name"] for skill in skills] == [skill.name for skill in recipe.SKILLS]
     for shipped, planned in zip(skills, recipe.SKILLS, strict=True):
@@ -35,7 +35,7 @@ def test_the_shipped_set_is_the_recipes():
 
 
 def test_run_evaluates_the_shipped_skills_on_their_own_envs():
-    experts = ExpertSet.open(DEFAULT_EXPERTS)
+    experts = ExpertSet.open(DEFAULT_EXPERTS_V1)
     units = task_units(experts, (), 84)
     assert [(unit.skill, unit.env_id, unit.env_kwargs["task"]) for unit in units] == [
         (skill.name, skill.env_id, skill.task_id) for skill in recipe.SKILLS

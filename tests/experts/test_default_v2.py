@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from vlamergebench.cli import main
 from vlamergebench.eval.own_success import success_by_task
-from vlamergebench.eval.run import task_units
+from vlamergebench.eval.run import DEFAULT_EXPERTS, task_units
 from vlamergebench.experts import default_v2 as recipe
 from vlamergebench.experts.acceptance import AcceptanceError
 from vlamergebench.policies.checkpoint import LORA_FILE, VLM_FILE, ExpertSet
@@ -89,6 +89,25 @@ def test_an_expert_trained_on_other_demonstration_files_is_stale(tmp_path, monke
     assert recipe.skill_demo_plan(noisy)[("libero_goal", 9, 0.1)] == recipe.EXPERT_DEMO_ATTEMPTS
     write_config(recipe.skill_demo_paths(demos, noisy))
     assert recipe.stale_fields(expert, 1) == {}
+
+
+def test_the_shipped_default_is_the_recipes_and_passed_its_own_acceptance():
+    """The embedded default is v2, built by this recipe, and ships the statistics that let it ship."""
+    experts = ExpertSet.open(DEFAULT_EXPERTS)
+    assert experts.name == recipe.SET_NAME
+    assert [expert.config["skill"]["name"] for expert in experts.experts] == [s.name for s in recipe.SKILLS]
+    assert experts.base.config["policy"]["name"] == recipe.PRESET
+    assert experts.base.config["provenance"]["train"].items() >= recipe.BASE_TRAIN.items()
+    for index, (expert, skill) in enumerate(zip(experts.experts, recipe.SKILLS, strict=True), start=1):
+        assert expert.config["skill"]["task_ids"] == list(skill.task_ids)
+        train = expert.config["provenance"]["train"]
+        assert train.items() >= {**recipe.EXPERT_TRAIN, "seed": index, "lora_seed": index}.items()
+        assert expert.base_id == experts.base.base_id
+    stats = json.loads((DEFAULT_EXPERTS / recipe.STATS_FILE).read_text())
+    assert stats["expert_set_id"] == experts.id
+    own = stats["own_success"]
+    assert len(own) == sum(len(skill.task_ids) for skill in recipe.SKILLS)
+    assert min(own.values()) >= recipe.OWN_SUCCESS_BAR, own
 
 
 def test_a_suite_like_skill_is_evaluated_task_by_task(tmp_path):

@@ -72,7 +72,7 @@ class EvalConfig:
     method: str | None = None
     experts: str | None = None
     select: tuple[str, ...] = ()
-    episodes_per_task: int = 10
+    episodes_per_task: int = 5
     seeds: tuple[int, ...] = (0,)
     out: str = "runs/eval"
     workers: int = 1

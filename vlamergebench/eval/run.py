@@ -37,7 +37,8 @@ from vlamergebench.eval.store import PROTOCOLS, ResultsStore, RunRecord, Storage
 from vlamergebench.eval.work import Contender, Evaluation, Phase, RunOptions, TaskUnit
 
 # The embedded default expert set ships inside the package (trained by the project's own pipeline).
-DEFAULT_EXPERTS = Path(__file__).resolve().parents[1] / "default_experts"
+DEFAULT_EXPERTS = Path(__file__).resolve().parents[1] / "default_experts_v2"
+DEFAULT_EXPERTS_V1 = Path(__file__).resolve().parents[1] / "default_experts"  # in the repository only
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -82,7 +83,7 @@ class RunConfig:
     method_config: Mapping[str, Any] = field(default_factory=dict)
     experts: str | None = None
     select: tuple[str, ...] = ()
-    episodes_per_task: int = 10
+    episodes_per_task: int = 5
     seeds: tuple[int, ...] = (0,)
     routing: tuple[str, ...] = ("oracle",)
     protocol: str | None = None
