@@ -17,7 +17,7 @@ set -euo pipefail
 EXPERTS=${EXPERTS:-}
 experts_flag=()
 [ -n "$EXPERTS" ] && experts_flag=(--experts "$EXPERTS")
-EPISODES=${EPISODES:-5}
+EPISODES=${EPISODES:-10}
 PERTURBED_EPISODES=${PERTURBED_EPISODES:-2}
 RUNS=${RUNS:-runs/default}
 BOARD=${BOARD:-leaderboards/default}
