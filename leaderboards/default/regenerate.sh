@@ -19,7 +19,9 @@ experts_flag=()
 [ -n "$EXPERTS" ] && experts_flag=(--experts "$EXPERTS")
 EPISODES=${EPISODES:-10}
 PERTURBED_EPISODES=${PERTURBED_EPISODES:-2}
-RUNS=${RUNS:-runs/default}
+# Run directories are per expert set: a store holding another set's runs would publish them in the bundle.
+set_id=$(python -c "import sys; from vlamergebench.eval.run import DEFAULT_EXPERTS as D; from vlamergebench.policies.checkpoint import ExpertSet; print(ExpertSet.open(sys.argv[1] or D).id)" "$EXPERTS")
+RUNS=${RUNS:-runs/default-$set_id}
 BOARD=${BOARD:-leaderboards/default}
 mkdir -p "$RUNS" "$BOARD"
 
