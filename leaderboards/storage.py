@@ -124,6 +124,9 @@ def figure(frames: dict[str, pd.DataFrame]) -> Figure | None:
         color="C3",
         ls="--",
         lw=1,
+        marker="o",  # a ring on each front entry: a front of one entry draws no line
+        markersize=9,
+        markerfacecolor="none",
         label="Pareto front (1% storage tolerance, paired test)",
     )
     for (px, py), numbers in _clusters(x.tolist(), y.tolist(), table["number"].tolist()):
