@@ -57,7 +57,12 @@ def _table(frame: pd.DataFrame) -> str:
     table = frame.map(_keep_together).to_html(
         index=False, escape=True, na_rep=tb.MISSING, classes="board", border=0
     )
+    # Markdown bold (the paper table's best cells) becomes <strong>; the text inside is already escaped
+    table = _MARKDOWN_BOLD.sub(r"<strong>\1</strong>", table)
     return f'<div class="scroll">{table}</div>'
+
+
+_MARKDOWN_BOLD = re.compile(r"\*\*([^*<>]+)\*\*")
 
 
 _INTERVAL = re.compile(r"(?<=\d) \[|, (?=[-+]?\d[\d.]*\])|\] (?=p=)")

@@ -74,6 +74,7 @@ def test_chromium_shows_the_leaderboards(page, tmp_path):
     assert '<meta name="viewport"' in dom and "<script" not in dom
     assert dom.count("<details") >= 5 and dom.count('<div class="scroll">') == dom.count("<table ")
     assert '<a href="https://arxiv.org/abs/2306.01708">TIES-Merging' in dom  # the method's paper
+    assert "<td><strong>" in dom and "**" not in dom  # the paper table's best cells are bold, not asterisks
     provenance = dom.split('id="provenance"')[1]
     assert provenance.count("mujoco 3.17.0") == 1 and "<td>shared</td>" in provenance  # stated once
     assert "not a registered method here" in dom  # the hostile name gets no link
