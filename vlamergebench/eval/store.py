@@ -508,8 +508,14 @@ class ResultsStore:
     def _check_schema(db: sqlite3.Connection, path: Path, create: bool) -> int:
         """Check (writable: create or upgrade) the schema; returns the schema version."""
         try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            objects = set(db.execute("SELECT type, name, coalesce(sql, '') FROM sqlite_master"))
+            # One snapshot for both reads: another process may commit the new schema between them, and a
+            # version read before its commit beside the tables read after it looks like schema version 0.
+            db.execute("BEGIN")
+            try:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                objects = set(db.execute("SELECT type, name, coalesce(sql, '') FROM sqlite_master"))
+            finally:
+                db.execute("COMMIT")
         except sqlite3.DatabaseError as error:
             raise _unreadable(path, error, readonly=not create) from None
         if not objects and not create and _copied_without_wal(path):
