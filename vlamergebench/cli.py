@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from vlamergebench import subcommands  # stdlib-only: what users bring (methods, eval) and shared options
+from vlamergebench.configs import DEFAULT_EPISODES_PER_TASK
 
 # Each subcommand: (one-line help, function adding its options, function running it). Handlers live below,
 # one pair per subcommand, so that adding a subcommand is adding one pair and one entry here.
@@ -384,10 +385,10 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--episodes",
         type=positive_int,
-        default=5,
-        help="episodes per task, on LIBERO's fixed init states 0..N-1 (default 5, so that the embedded "
-        "default's main command stays around 10 minutes on 2 cores; the committed board uses 10, LIBERO's "
-        "protocol 50)",
+        default=DEFAULT_EPISODES_PER_TASK,
+        help=f"episodes per task, on LIBERO's fixed init states 0..N-1 (default {DEFAULT_EPISODES_PER_TASK}, "
+        "so that the embedded default's main command stays around 10 minutes on 2 cores; the committed board "
+        "uses 10, LIBERO's protocol 50)",
     )
     parser.add_argument(
         "--seeds",

@@ -16,6 +16,11 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+DEFAULT_EPISODES_PER_TASK = 5
+"""Episodes per task of ``run`` and ``eval`` when none are given (flags and config dataclasses alike): 5 keeps
+the embedded default's main command around 10 minutes on 2 cores; the committed board uses 10, LIBERO's
+protocol 50."""
+
 
 class ConfigError(ValueError):
     """A config is invalid; the message names where it came from, the field, what was found and expected."""

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vlamergebench.configs import DEFAULT_EPISODES_PER_TASK
+
 
 # --- method overrides, shared by merge and run -----------------------------------------------------------
 def add_override_options(parser: argparse.ArgumentParser) -> None:
@@ -191,7 +193,12 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--experts", default=None, metavar="DIR", help="expert set naming each skill's env")
     parser.add_argument("--select", default="", metavar="NAMES", help="comma-separated skills or suites")
-    parser.add_argument("--episodes", type=int, default=5, help="episodes per task (default 5, as run)")
+    parser.add_argument(
+        "--episodes",
+        type=int,
+        default=DEFAULT_EPISODES_PER_TASK,
+        help=f"episodes per task (default {DEFAULT_EPISODES_PER_TASK}, as run)",
+    )
     parser.add_argument("--seeds", default="0", help="comma-separated run seeds (default 0)")
     parser.add_argument("--workers", type=int, default=None, help="rollout worker processes (default 2)")
     parser.add_argument(

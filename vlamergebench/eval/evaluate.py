@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlamergebench.configs import DEFAULT_EPISODES_PER_TASK
 from vlamergebench.eval.devices import resolve_device
 from vlamergebench.eval.model_files import local_dir, model_dirs_of
 from vlamergebench.eval.policy import PolicyContractError, SingleSkillSource
@@ -72,7 +73,7 @@ class EvalConfig:
     method: str | None = None
     experts: str | None = None
     select: tuple[str, ...] = ()
-    episodes_per_task: int = 5
+    episodes_per_task: int = DEFAULT_EPISODES_PER_TASK
     seeds: tuple[int, ...] = (0,)
     out: str = "runs/eval"
     workers: int = 1

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlamergebench.configs import from_mapping
+from vlamergebench.configs import DEFAULT_EPISODES_PER_TASK, from_mapping
 from vlamergebench.eval.devices import resolve_device
 from vlamergebench.eval.runner import EXECUTORS, PhaseSummary, run_evaluations
 from vlamergebench.eval.shards import Shard
@@ -83,7 +83,7 @@ class RunConfig:
     method_config: Mapping[str, Any] = field(default_factory=dict)
     experts: str | None = None
     select: tuple[str, ...] = ()
-    episodes_per_task: int = 5
+    episodes_per_task: int = DEFAULT_EPISODES_PER_TASK
     seeds: tuple[int, ...] = (0,)
     routing: tuple[str, ...] = ("oracle",)
     protocol: str | None = None
