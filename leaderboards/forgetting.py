@@ -94,7 +94,7 @@ def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         return {}
     shown = summary[["entry", "skills", "episodes", "status"]].copy()
     for column, name, fmt in [
-        ("final_mean", "final mean %", tb.percent),
+        ("final_mean", "final mean over skills %", tb.percent),
         ("bwt", "BWT (points)", tb.signed_points),
         ("mean_forgetting", "forgetting (points)", tb.signed_points),
         ("auc", "AUC %", tb.percent),
@@ -169,7 +169,9 @@ BOARD = Board(
     figure_file="forgetting_curves.png",
     notes=[
         "BWT = mean over i < T of R[T][i] - R[i][i]; forgetting of skill i = max over i <= t < T of "
-        "R[t][i] - R[T][i]; AUC = trapezoid area under the mean-success curve over steps 1..T, / (T - 1)."
+        "R[t][i] - R[T][i]; AUC = trapezoid area under the mean-success curve over steps 1..T, / (T - 1).",
+        "The final mean is the mean over skills, so it can differ from the success board's overall figure, "
+        "an unweighted mean over suites.",
     ],
     page_note="R[t][i] = success on skill i after t admissions; BWT and forgetting in percentage points.",
     empty_notes=lambda frames: ["No continual runs in these results."] if frames["summary"].empty else [],
