@@ -21,32 +21,11 @@ from collections.abc import Callable, Sequence
 
 from vlamergebench import subcommands  # stdlib-only: what users bring (methods, eval) and shared options
 from vlamergebench.configs import DEFAULT_EPISODES_PER_TASK
+from vlamergebench.subcommands import non_negative_int, positive_int
 
 # Each subcommand: (one-line help, function adding its options, function running it). Handlers live below,
 # one pair per subcommand, so that adding a subcommand is adding one pair and one entry here.
 Handler = Callable[[argparse.Namespace], int]
-
-
-def non_negative_int(text: str) -> int:
-    """The ``type`` of flags where 0 means none."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """The ``type`` of count and size flags: a bad value is refused at parse time, naming the flag."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 # --- envs -----------------------------------------------------------------------------------------------
@@ -108,7 +87,9 @@ def _add_collect_demos(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--episodes", type=positive_int, default=50, help="episodes (init states) to attempt (default 50)"
     )
-    parser.add_argument("--start", type=int, default=0, dest="start_init_state", help="first init state id")
+    parser.add_argument(
+        "--start", type=non_negative_int, default=0, dest="start_init_state", help="first init state id"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode (episode k: seed + k)")
     parser.add_argument(
         "--image-size", type=positive_int, default=128, help="stored camera size in pixels (default 128)"
@@ -201,7 +182,7 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, help="frames per step (default 32)")
     parser.add_argument("--lr", type=float, dest="learning_rate", help="AdamW learning rate (default 2e-4)")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), help="default constant (upstream)")
-    parser.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default 0)")
+    parser.add_argument("--warmup-steps", type=non_negative_int, help="linear warm-up steps (default 0)")
     parser.add_argument("--seed", type=int, help="batch order / augmentation / noise seed (default 0)")
     parser.add_argument("--init-seed", type=int, help="a base's weight initialisation seed (default 0)")
     parser.add_argument("--head-init", choices=("seed", "base"), help="expert head start (default seed)")

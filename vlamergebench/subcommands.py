@@ -19,6 +19,29 @@ from typing import Any
 from vlamergebench.configs import DEFAULT_EPISODES_PER_TASK
 
 
+# --- flag types, shared by every subcommand ------------------------------------------------------------
+def non_negative_int(text: str) -> int:
+    """The ``type`` of flags where 0 means none."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """The ``type`` of count and size flags: a bad value is refused at parse time, naming the flag."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 # --- method overrides, shared by merge and run -----------------------------------------------------------
 def add_override_options(parser: argparse.ArgumentParser) -> None:
     """``--method-config JSON`` and repeatable ``--set KEY=VALUE`` (applied after it)."""
@@ -195,20 +218,22 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--select", default="", metavar="NAMES", help="comma-separated skills or suites")
     parser.add_argument(
         "--episodes",
-        type=int,
+        type=positive_int,
         default=DEFAULT_EPISODES_PER_TASK,
         help=f"episodes per task (default {DEFAULT_EPISODES_PER_TASK}, as run)",
     )
     parser.add_argument("--seeds", default="0", help="comma-separated run seeds (default 0)")
-    parser.add_argument("--workers", type=int, default=None, help="rollout worker processes (default 2)")
+    parser.add_argument(
+        "--workers", type=positive_int, default=None, help="rollout worker processes (default 2)"
+    )
     parser.add_argument(
         "--out", default=None, metavar="DIR", help="output directory (default runs/eval-NAME)"
     )
-    parser.add_argument("--max-steps", type=int, default=None, help="cap on steps per episode")
-    parser.add_argument("--image-size", type=int, default=None, help="camera resolution in pixels")
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="cap on steps per episode")
+    parser.add_argument("--image-size", type=positive_int, default=None, help="camera resolution in pixels")
     parser.add_argument(
         "--record-videos",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="save the first N episodes of every task as MP4 under OUT/videos (as run; default 0)",

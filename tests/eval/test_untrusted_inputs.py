@@ -41,6 +41,7 @@ def test_an_env_id_from_config_json_never_imports_code(payload_set, tmp_path, mo
     assert not (out / "results.sqlite").exists()
 
 
+@pytest.mark.parametrize("command", [["run", "--method", "ta"], ["eval", "--policy", "mypolicy:make"]])
 @pytest.mark.parametrize(
     ("flag", "value"),
     [
@@ -49,14 +50,24 @@ def test_an_env_id_from_config_json_never_imports_code(payload_set, tmp_path, mo
         ("--workers", "0"),
         ("--image-size", "0"),
         ("--episodes", "0"),
+        ("--episodes", "ten"),
     ],  # fmt: skip
 )
-def test_a_non_positive_number_is_refused_at_parse_time_naming_the_flag(flag, value, tmp_path, capsys):
+def test_a_non_positive_number_is_refused_naming_the_flag(command, flag, value, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["run", "--method", "ta", "--out", str(tmp_path / "o"), flag, value])
+        main([*command, "--out", str(tmp_path / "o"), flag, value])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"argument {flag}: expected a positive integer, got {value!r}" in err
+
+
+@pytest.mark.parametrize("command", [["run", "--method", "ta"], ["eval", "--policy", "mypolicy:make"]])
+def test_a_negative_video_count_is_refused_naming_the_flag(command, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--out", str(tmp_path / "o"), "--record-videos", "-1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --record-videos: expected an integer >= 0, got '-1'" in err
     assert not (tmp_path / "o").exists()
 
 
