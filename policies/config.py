@@ -352,37 +352,47 @@ class VLAConfig:
         return dataclasses.replace(self, **changes)
 
 
+def dinov2_tower(width: int, depth: int, num_heads: int, mlp_dim: int) -> ViTConfig:
+    """A DINOv2-style tower at the given size: 14 px patches, 4 registers, class token, layer scale."""
+    return ViTConfig(
+        width=width,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_dim=mlp_dim,
+        patch_size=14,
+        num_registers=4,
+        class_token=True,
+        layer_scale=True,
+        activation="gelu",
+        mean=DINO_MEAN,
+        std=DINO_STD,
+    )
+
+
+def siglip_tower(width: int, depth: int, num_heads: int, mlp_dim: int) -> ViTConfig:
+    """A SigLIP-style tower at the given size: 14 px patches, attention pooling, tanh-approximated GELU."""
+    return ViTConfig(
+        width=width,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_dim=mlp_dim,
+        patch_size=14,
+        attention_pool=True,
+        activation="gelu_tanh",
+        mean=SIGLIP_MEAN,
+        std=SIGLIP_STD,
+    )
+
+
 def reference_config() -> VLAConfig:
     """The published MergeVLA policy: 1,413,362,527 parameters (research notes section 3)."""
     return VLAConfig(
         name="reference",
         vision=VisionConfig(
             # timm vit_large_patch14_reg4_dinov2.lvd142m at img_size=224.
-            featurizer=ViTConfig(
-                width=1024,
-                depth=24,
-                num_heads=16,
-                mlp_dim=4096,
-                patch_size=14,
-                num_registers=4,
-                class_token=True,
-                layer_scale=True,
-                activation="gelu",
-                mean=DINO_MEAN,
-                std=DINO_STD,
-            ),
+            featurizer=dinov2_tower(width=1024, depth=24, num_heads=16, mlp_dim=4096),
             # timm vit_so400m_patch14_siglip_224.
-            fused_featurizer=ViTConfig(
-                width=1152,
-                depth=27,
-                num_heads=16,
-                mlp_dim=4304,
-                patch_size=14,
-                attention_pool=True,
-                activation="gelu_tanh",
-                mean=SIGLIP_MEAN,
-                std=SIGLIP_STD,
-            ),
+            fused_featurizer=siglip_tower(width=1152, depth=27, num_heads=16, mlp_dim=4304),
             image_size=224,
         ),
         # Qwen2.5-0.5B.
@@ -411,30 +421,8 @@ def tiny_config() -> VLAConfig:
     return VLAConfig(
         name="tiny",
         vision=VisionConfig(
-            featurizer=ViTConfig(
-                width=64,
-                depth=3,
-                num_heads=4,
-                mlp_dim=256,
-                patch_size=14,
-                num_registers=4,
-                class_token=True,
-                layer_scale=True,
-                activation="gelu",
-                mean=DINO_MEAN,
-                std=DINO_STD,
-            ),
-            fused_featurizer=ViTConfig(
-                width=64,
-                depth=3,
-                num_heads=4,
-                mlp_dim=256,
-                patch_size=14,
-                attention_pool=True,
-                activation="gelu_tanh",
-                mean=SIGLIP_MEAN,
-                std=SIGLIP_STD,
-            ),
+            featurizer=dinov2_tower(width=64, depth=3, num_heads=4, mlp_dim=256),
+            fused_featurizer=siglip_tower(width=64, depth=3, num_heads=4, mlp_dim=256),
             image_size=84,
         ),
         llm=LLMConfig(
