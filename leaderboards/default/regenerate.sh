@@ -66,6 +66,8 @@ method_entry() {
 # answers it: the banks and the base, the collapse of single-model merges, MergeVLA and CARVE with the rows
 # that localise their failures.
 first="expert_bank lora_bank base ta ties dare mergevla mergevla_ties carve carve_vlm ta_own_head ta_own_vlm mergevla_own_head mergevla_own_vlm"
+# Then the rest of the first release's fifteen methods, so that the board covers them before the later ones.
+first="$first ties_per_tensor dare_ties consensus_ta consensus_ties robustmerge robustmerge_paper"
 for method in $first; do
   method_entry "$method"
 done
@@ -75,14 +77,6 @@ entry mergevla_continual --method mergevla --protocol continual
 # and depth 3 (3 blocks per expert; depth 1 is the LIBERO default).
 entry mergevla_no_heads --method mergevla --method-config '{"expert_heads": false}'
 entry mergevla_head3 --method mergevla --method-config '{"expert_head_depth": 3}'
-methods=$(python -c "from vlamergebench.merge_methods.registry import METHODS; print(' '.join(METHODS.names()))")
-for method in $methods; do
-  case " $first " in *" $method "*) continue ;; esac
-  method_entry "$method"
-done
-# Ablation: CARVE's residual rank. At the tiny width (128) the default rank 9 keeps 7% of the width, as rank 64
-# does at Qwen2.5-0.5B's 896; rank 64 keeps half, which separates rank truncation from core drift.
-entry carve_rank64 --method carve --method-config '{"rank": 64}'
 # Oracle upper bound, labelled as such: the scale of TA / TIES / RobustMerge chosen on the evaluation
 # episodes themselves (a data-free protocol has no validation data), one run per value. lambda = 1 is each
 # method's default entry above (the same config, so the same run): the findings board reads the sweep from both.
@@ -93,4 +87,12 @@ for value in 0.3 0.5 0.7; do
   entry "robustmerge_paper_oracle_lambda_$value" --method robustmerge_paper \
     --method-config "{\"weight\": $(python -c "print(2 * $value)")}"
 done
+methods=$(python -c "from vlamergebench.merge_methods.registry import METHODS; print(' '.join(METHODS.names()))")
+for method in $methods; do
+  case " $first " in *" $method "*) continue ;; esac
+  method_entry "$method"
+done
+# Ablation: CARVE's residual rank. At the tiny width (128) the default rank 9 keeps 7% of the width, as rank 64
+# does at Qwen2.5-0.5B's 896; rank 64 keeps half, which separates rank truncation from core drift.
+entry carve_rank64 --method carve --method-config '{"rank": 64}'
 vlamergebench leaderboard "$BOARD"/*.zip --out "$BOARD"
