@@ -14,9 +14,16 @@ from safetensors.torch import load_file
 from vlamergebench.merge_methods import ops
 from vlamergebench.merge_methods.core_space import core_matrices, reference_bases
 from vlamergebench.merge_methods.io import MergeInputError
-from vlamergebench.merge_methods.iso import common_space_size, iso_c, iso_c_support, iso_cts
+from vlamergebench.merge_methods.iso import (
+    common_space_size,
+    iso_c,
+    iso_c_from_factors,
+    iso_c_support,
+    iso_cts,
+    orthonormal_complement,
+)
 from vlamergebench.merge_methods.lines import block_depths
-from vlamergebench.merge_methods.lowrank import LowRank, dense_factors, thin_svd
+from vlamergebench.merge_methods.lowrank import LowRank, concatenated, dense_factors, thin_svd
 from vlamergebench.merge_methods.registry import make_method
 from vlamergebench.merge_methods.tsv import tsv_merge
 from vlamergebench.merge_methods.wudi import wudi_loss, wudi_merge
@@ -129,6 +136,39 @@ def test_iso_c_spectrum_is_flat(three, tmp_path):
     expected = float(torch.linalg.svdvals(total).sum() / 4)
     torch.testing.assert_close(torch.linalg.svdvals(code), torch.full((4,), expected), atol=1e-5, rtol=0)
     assert iso_c_support([LowRank(torch.zeros(3, 0), torch.zeros(0, 2))]).abs().sum() == 0
+
+
+@pytest.mark.parametrize("shape", [(12, 7), (7, 12), (9, 9)])
+def test_iso_c_from_factors_is_the_full_svd_form_up_to_the_arbitrary_completion(shape):
+    rows, cols = shape
+    generator = torch.Generator().manual_seed(5)
+    factors = [
+        LowRank(torch.randn(rows, 2, generator=generator), torch.randn(2, cols, generator=generator))
+        for _ in range(2)
+    ]
+    summed = concatenated(factors).dense()
+    merged, dense = iso_c_from_factors(factors).double(), iso_c(summed).double()
+    # every one of the min(m, n) singular values is mean(S) of M, zeros included (the code's "full")
+    expected = float(torch.linalg.svdvals(summed.double()).sum()) / min(shape)
+    torch.testing.assert_close(
+        torch.linalg.svdvals(merged),
+        torch.full((min(shape),), expected, dtype=torch.float64),
+        atol=1e-5,
+        rtol=0,
+    )
+    # on M's support both forms agree; they differ only in the (arbitrary) completion
+    u, _, v = thin_svd(concatenated(factors))
+    torch.testing.assert_close(u.T @ merged @ v, u.T @ dense @ v, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        u.T @ merged @ v, expected * torch.eye(4, dtype=torch.float64), atol=1e-5, rtol=0
+    )
+    complement = orthonormal_complement(u, min(shape) - 4)
+    torch.testing.assert_close(
+        u.T @ complement, torch.zeros(4, min(shape) - 4, dtype=torch.float64), atol=1e-12, rtol=0
+    )
+    torch.testing.assert_close(complement.T @ complement, torch.eye(min(shape) - 4, dtype=torch.float64))
+    zero = LowRank(torch.zeros(rows, 2), torch.zeros(2, cols))
+    assert iso_c_from_factors([zero]).abs().sum() == 0
 
 
 def test_iso_cts_common_space_and_flatness():
