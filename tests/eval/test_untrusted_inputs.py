@@ -59,6 +59,7 @@ def test_a_non_positive_number_is_refused_naming_the_flag(command, flag, value, 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"argument {flag}: expected a positive integer, got {value!r}" in err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("command", [["run", "--method", "ta"], ["eval", "--policy", "mypolicy:make"]])
