@@ -352,35 +352,30 @@ class VLAConfig:
         return dataclasses.replace(self, **changes)
 
 
-def dinov2_tower(width: int, depth: int, num_heads: int, mlp_dim: int) -> ViTConfig:
-    """A DINOv2-style tower at the given size: 14 px patches, 4 registers, class token, layer scale."""
+# What sets a tower family apart besides its size: DINOv2 (registers, class token, layer scale) and SigLIP
+# (attention pooling, tanh-approximated GELU), both with 14 px patches.
+TOWER_FAMILIES: dict[str, dict[str, Any]] = {
+    "dinov2": {
+        "num_registers": 4,
+        "class_token": True,
+        "layer_scale": True,
+        "activation": "gelu",
+        "mean": DINO_MEAN,
+        "std": DINO_STD,
+    },
+    "siglip": {"attention_pool": True, "activation": "gelu_tanh", "mean": SIGLIP_MEAN, "std": SIGLIP_STD},
+}
+
+
+def vit_tower(family: str, width: int, depth: int, num_heads: int, mlp_dim: int) -> ViTConfig:
+    """A tower of ``family`` ("dinov2" or "siglip") at the given size."""
     return ViTConfig(
         width=width,
         depth=depth,
         num_heads=num_heads,
         mlp_dim=mlp_dim,
         patch_size=14,
-        num_registers=4,
-        class_token=True,
-        layer_scale=True,
-        activation="gelu",
-        mean=DINO_MEAN,
-        std=DINO_STD,
-    )
-
-
-def siglip_tower(width: int, depth: int, num_heads: int, mlp_dim: int) -> ViTConfig:
-    """A SigLIP-style tower at the given size: 14 px patches, attention pooling, tanh-approximated GELU."""
-    return ViTConfig(
-        width=width,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_dim=mlp_dim,
-        patch_size=14,
-        attention_pool=True,
-        activation="gelu_tanh",
-        mean=SIGLIP_MEAN,
-        std=SIGLIP_STD,
+        **TOWER_FAMILIES[family],
     )
 
 
@@ -390,9 +385,9 @@ def reference_config() -> VLAConfig:
         name="reference",
         vision=VisionConfig(
             # timm vit_large_patch14_reg4_dinov2.lvd142m at img_size=224.
-            featurizer=dinov2_tower(width=1024, depth=24, num_heads=16, mlp_dim=4096),
+            featurizer=vit_tower("dinov2", width=1024, depth=24, num_heads=16, mlp_dim=4096),
             # timm vit_so400m_patch14_siglip_224.
-            fused_featurizer=siglip_tower(width=1152, depth=27, num_heads=16, mlp_dim=4304),
+            fused_featurizer=vit_tower("siglip", width=1152, depth=27, num_heads=16, mlp_dim=4304),
             image_size=224,
         ),
         # Qwen2.5-0.5B.
@@ -421,8 +416,8 @@ def tiny_config() -> VLAConfig:
     return VLAConfig(
         name="tiny",
         vision=VisionConfig(
-            featurizer=dinov2_tower(width=64, depth=3, num_heads=4, mlp_dim=256),
-            fused_featurizer=siglip_tower(width=64, depth=3, num_heads=4, mlp_dim=256),
+            featurizer=vit_tower("dinov2", width=64, depth=3, num_heads=4, mlp_dim=256),
+            fused_featurizer=vit_tower("siglip", width=64, depth=3, num_heads=4, mlp_dim=256),
             image_size=84,
         ),
         llm=LLMConfig(
