@@ -22,8 +22,9 @@ Spectrum (``spectrum``): the code flattens all min(m, n) singular values, zeros 
 has full rank. For LoRA experts M has rank <= T r, and the directions of its zero singular values are any
 orthonormal completion the SVD returns: ``"full"`` (the default, as the code) adds ``mean(S)`` along them.
 Here it is computed from the factors (:func:`iso_c_from_factors`): M's thin SVD from its factors, and the
-completion from Householder reflections of U and V (as arbitrary as LAPACK's, and deterministic), 3-7 times
-less CPU than a dense SVD at Qwen2.5-0.5B's shapes; the dense SVD runs only where T r >= min(m, n).
+completion from Householder reflections of U and V (as arbitrary as LAPACK's, and deterministic), 2.6-7
+times less CPU than a dense float64 SVD per matrix at Qwen2.5-0.5B's shapes; the dense SVD runs only where
+T r >= min(m, n).
 ``iso_c`` also offers ``"support"``: flatten only over M's numerical rank (mean of the non-zero singular
 values), computed from the factors without a dense SVD. Iso-CTS runs as the code does (dense SVDs); with
 low-rank experts its task-specific parts are the projections' round-off, so its extra directions are equally
