@@ -87,10 +87,14 @@ for value in 0.3 0.5 0.7; do
   entry "robustmerge_paper_oracle_lambda_$value" --method robustmerge_paper \
     --method-config "{\"weight\": $(python -c "print(2 * $value)")}"
 done
-methods=$(python -c "from vlamergebench.merge_methods.registry import METHODS; print(' '.join(METHODS.names()))")
-for method in $methods; do
-  case " $first " in *" $method "*) continue ;; esac
-  method_entry "$method"
+# Then every other registered method: the one-shot ones first (MergeVLA's table of merged task vectors among
+# them), the continual ones last, as they cost about 2.5 times as much (each admission re-evaluates the seen suites).
+for kind in one_shot continual; do
+  methods=$(python -c "from vlamergebench.merge_methods.registry import METHODS as M; print(' '.join(n for n in M.names() if M.spec(n).metadata['kind'] == '$kind'))")
+  for method in $methods; do
+    case " $first " in *" $method "*) continue ;; esac
+    method_entry "$method"
+  done
 done
 # Ablation: CARVE's residual rank. At the tiny width (128) the default rank 9 keeps 7% of the width, as rank 64
 # does at Qwen2.5-0.5B's 896; rank 64 keeps half, which separates rank truncation from core drift.
