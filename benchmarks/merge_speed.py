@@ -293,8 +293,13 @@ def plot(rows: list[dict], path: Path, threads: int, model: str) -> None:
         (axes[1], "peak_rss_gib", "peak RSS (GiB; mapped input pages included)"),
         (axes[2], "private_gib", "peak private memory (GiB)"),
     ):
-        axis.barh(labels, [row[key] for row in rows], color=colors)
+        values = [row[key] for row in rows]
+        bars = axis.barh(labels, values, color=colors)
+        axis.bar_label(bars, [f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values], padding=3, fontsize=8)
         axis.set_title(title)
+        axis.margins(x=0.15)  # room for the value labels
+    # A scaled FusionBench WUDI row runs to a day: on a linear axis every other bar would vanish.
+    axes[0].set_xscale("log")
     axes[0].invert_yaxis()  # shared y: once for all three
     for axis in axes[1:]:
         axis.axvline(2.5, color="tab:red", linestyle="--", label="2.5 GiB goal")
