@@ -87,6 +87,22 @@ FINDINGS = (
         ),
     ),
     Finding(
+        "Inside MergeVLA's framework the merged task vector matters little, except TSV and EMR",
+        "MergeVLA README (LIBERO), one row per task-vector merge",
+        "TIES 90.2, WUDI 89.9, TA 89.7, KnOTS 88.0, TSV 81.6, EMR 65.5 (bank 96.7)",
+        tuple(
+            Measure(method)
+            for method in (
+                "mergevla_ties",
+                "mergevla_wudi",
+                "mergevla",
+                "mergevla_knots",
+                "mergevla_tsv",
+                "mergevla_emr",
+            )
+        ),
+    ),
+    Finding(
         "MergeVLA without expert heads fails; deeper per-expert heads help",
         "MergeVLA ablation",
         "w/o expert head about 0%",
@@ -101,6 +117,23 @@ FINDINGS = (
         "CARVE Fig. 3a",
         "95 → 65 → 45 → 32",
         (Measure("mergevla", protocol="continual"),),
+    ),
+    Finding(
+        "Continual TA / TSV collapse with or without TALL masks; with expert heads they keep the last skills",
+        "CARVE Table 2 (MergeVLA experts; OpenVLA experts in brackets)",
+        "TA 0.0, TSV 0.0 (BWT -30.7) [TA-Mask 2.5, TSV-Mask 2.8]; "
+        "TA-Mask + Expert Head 25.9 (BWT -85.9), TSV-Mask + Expert Head 8.1 (BWT -80.2)",
+        tuple(
+            Measure(method, protocol="continual")
+            for method in (
+                "continual_ta",
+                "continual_ta_mask",
+                "continual_tsv",
+                "continual_tsv_mask",
+                "continual_ta_mask_heads",
+                "continual_tsv_mask_heads",
+            )
+        ),
     ),
     Finding(
         "CARVE stays within a few points of the bank with BWT about 0; its text router costs a few points",

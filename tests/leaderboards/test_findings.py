@@ -46,6 +46,8 @@ def board(tmp_path_factory):
         "ta_other": _run("ta", scale=0.5, task_vectors="dense"),
         "no_heads": _run("mergevla", expert_heads=False),
         "continual": _run("mergevla", protocol="continual"),
+        "knots_vector": _run("mergevla_knots"),
+        "continual_ta": _run("continual_ta", protocol="continual"),
     }
     rows = []
     for skill in SKILLS:
@@ -55,9 +57,12 @@ def board(tmp_path_factory):
         rows += make_episodes(runs["ta_half"], 3, skill, 2)
         rows += make_episodes(runs["ta_other"], 3, skill, 4)
         rows += make_episodes(runs["no_heads"], 3, skill, 0)
+        rows += make_episodes(runs["knots_vector"], 3, skill, 3)
     for step, row in enumerate([[1.0], [0.75, 1.0], [0.5, 0.75, 0.75]], start=1):
         for skill, rate in zip(SKILLS, row, strict=False):
             rows += make_episodes(runs["continual"], step, skill, int(rate * 4))
+            # only the skill admitted last succeeds: each admission erases the skills before it
+            rows += make_episodes(runs["continual_ta"], step, skill, 4 if skill == SKILLS[step - 1] else 0)
     with ResultsStore.open(path) as store:
         for run in runs.values():
             store.register_run(run)
@@ -84,6 +89,19 @@ def test_each_finding_lists_the_entries_that_test_it(board):
     assert collapse.loc[collapse["entry"] != "", "rate"].iloc[0] == 0
     heads = table[table["claim"].str.startswith("MergeVLA without")]
     assert heads["entry"].str.len().gt(0).sum() == 1  # the no-heads run; defaults and depth 3 were not run
+
+
+def test_mergevla_table_and_continual_baselines_list_their_variants(board):
+    frames, _ = board
+    table = frames["findings"]
+    vectors = table[table["claim"].str.startswith("Inside MergeVLA's framework")]
+    # mergevla_knots was run; mergevla at its defaults was not (no heads is another config)
+    assert [e for e in vectors["entry"] if e] == ["mergevla_knots · oracle"]
+    assert vectors.loc[vectors["entry"] != "", "rate"].iloc[0] == pytest.approx(0.75)
+    baselines = table[table["claim"].str.startswith("Continual TA / TSV")]
+    row = baselines[baselines["entry"] != ""].iloc[0]
+    assert row["entry"].startswith("continual_ta ") and len(baselines[baselines["entry"] != ""]) == 1
+    assert row["continual_curve"] == "100 → 50 → 33" and row["bwt"] == pytest.approx(-1.0)
 
 
 def test_continual_curve_is_the_mean_over_seen_skills_after_each_admission(board):
