@@ -12,8 +12,11 @@
 # Methods with a router of their own run twice (oracle, then their router); the expert bank also runs on the
 # perturbed variants at level 3 (one per axis) for the perturbation rows, and records its first episode of every
 # task (the page's strip of rollout thumbnails; the posters travel in the bundle, the MP4s stay in $RUNS).
-# EXPERTS picks the expert set (default: the embedded one).
+# EXPERTS picks the expert set (default: the embedded one). ENTRIES (names separated by spaces) runs only those
+# entries, for splitting a regeneration across machines or choosing what a short sitting computes; the board is
+# then rebuilt only when every entry is published.
 set -euo pipefail
+ENTRIES=${ENTRIES:-}
 EXPERTS=${EXPERTS:-}
 experts_flag=()
 [ -n "$EXPERTS" ] && experts_flag=(--experts "$EXPERTS")
@@ -24,6 +27,7 @@ set_id=$(python -c "import sys; from vlamergebench.eval.run import DEFAULT_EXPER
 RUNS=${RUNS:-runs/default-$set_id}
 BOARD=${BOARD:-leaderboards/default}
 mkdir -p "$RUNS" "$BOARD"
+unpublished=()
 
 # entry NAME RUN-ARGUMENTS...: run `vlamergebench run` into $RUNS/NAME unless NAME's bundle is published; then
 # publish it. Extra runs into the same directory (the perturbed expert bank) go in $EXTRA_RUN before the call.
@@ -34,6 +38,9 @@ entry() {
   if [ -f "$bundle" ]; then
     echo "$name: published already ($bundle)"
     return 0
+  fi
+  if [ -n "$ENTRIES" ]; then
+    case " $ENTRIES " in *" $name "*) ;; *) unpublished+=("$name"); return 0 ;; esac
   fi
   started=$(date +%s)
   vlamergebench run "$@" --episodes "$EPISODES" "${experts_flag[@]}" --out "$RUNS/$name" --no-progress \
@@ -99,4 +106,8 @@ done
 # Ablation: CARVE's residual rank. At the tiny width (128) the default rank 9 keeps 7% of the width, as rank 64
 # does at Qwen2.5-0.5B's 896; rank 64 keeps half, which separates rank truncation from core drift.
 entry carve_rank64 --method carve --method-config '{"rank": 64}'
+if [ ${#unpublished[@]} -gt 0 ]; then
+  echo "not run (not in ENTRIES): ${unpublished[*]}; the board is rebuilt once every entry is published"
+  exit 0
+fi
 vlamergebench leaderboard "$BOARD"/*.zip --out "$BOARD"
