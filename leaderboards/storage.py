@@ -19,6 +19,7 @@ from vlamergebench.leaderboards.board import Board
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from vlamergebench.eval.results import Results
@@ -81,14 +82,17 @@ def display(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 
 
 def _clusters(
-    x: list[float], y: list[float], numbers: list[int], share: float = 0.03
+    x: list[float], y: list[float], numbers: list[int], share_x: float = 0.01, points_y: float = 1.0
 ) -> list[tuple[tuple[float, float], list[int]]]:
-    """Points closer than ``share`` of the axis spans, merged: one label per cluster, at its first point."""
-    span_x, span_y = max(max(x) - min(x), 1e-9), 100.0
+    """Points that one marker covers, merged: one label per cluster, at its first point.
+
+    One marker covers points within ``share_x`` of the storage span and ``points_y`` percentage points.
+    """
+    span_x = max(max(x) - min(x), 1e-9)
     clusters: list[tuple[tuple[float, float], list[int]]] = []
     for xi, yi, n in sorted(zip(x, y, numbers, strict=True)):
         for (cx, cy), members in clusters:
-            if abs(xi - cx) <= share * span_x and abs(yi - cy) <= share * span_y:
+            if abs(xi - cx) <= share_x * span_x and abs(yi - cy) <= points_y:
                 members.append(n)
                 break
         else:
@@ -96,11 +100,85 @@ def _clusters(
     return clusters
 
 
+def _label_clusters(
+    fig: Figure,
+    plot: Axes,
+    clusters: list[tuple[tuple[float, float], list[int]]],
+    points: dict[int, tuple[float, float]],
+) -> None:
+    """Number each cluster of points where its label overlaps no other label and no other point.
+
+    Greedy: each label, lowest first, takes the first free spot among offsets to the right of its point,
+    then above and below, then to the left; a label moved off its point gets a thin leader line. Written
+    here because matplotlib has no label repulsion and the kept library has no placement package; a few
+    dozen labels need no more than this search.
+    """
+    fig.draw_without_rendering()  # fixes the constrained layout, so display coordinates are final
+    to_pixels = fig.dpi / 72.0
+    centres = [plot.transData.transform(point) for point, _ in clusters]
+    marker_half = 5.5 * to_pixels  # the Pareto ring's radius, the widest marker drawn
+    markers = {
+        number: (cx - marker_half, cy - marker_half, cx + marker_half, cy + marker_half)
+        for number, (cx, cy) in ((n, plot.transData.transform(p)) for n, p in points.items())
+    }
+    inside = plot.get_window_extent()
+    placed: list[tuple[float, float, float, float]] = []
+
+    def free(box: tuple[float, float, float, float], own: int) -> bool:
+        x0, y0, x1, y1 = box
+        if x0 < inside.x0 or x1 > inside.x1 or y0 < inside.y0 or y1 > inside.y1:
+            return False
+        others = placed + [box for number, box in markers.items() if number not in clusters[own][1]]
+        return not any(x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1 for b in others)
+
+    line_height = 9.0  # points: x-small text plus a gap
+    # Nearest spot first (a label on the left reads worse, so it counts a fifth farther).
+    offsets = sorted(
+        (
+            (side * gap, 3 + step * line_height)
+            for side in (1, -1)
+            for gap in (4, 14, 24, 34)
+            for step in range(-8, 9)
+        ),
+        key=lambda o: (1.0 if o[0] > 0 else 1.2) * (o[0] ** 2 + (o[1] - 3) ** 2) ** 0.5,
+    )
+    for index in sorted(range(len(clusters)), key=lambda i: (centres[i][1], centres[i][0])):
+        (px, py), numbers = clusters[index]
+        text = comparability.compact_ranges(numbers)
+        label = plot.annotate(
+            text, (px, py), xytext=offsets[0], textcoords="offset points", fontsize="x-small"
+        )
+        for offset in offsets:
+            label.set_position(offset)
+            label.set_horizontalalignment("left" if offset[0] > 0 else "right")
+            extent = label.get_window_extent()
+            box = (extent.x0, extent.y0, extent.x1, extent.y1)
+            if free(box, index):
+                break
+        placed.append(box)
+        label.set_in_layout(False)
+        if offset != offsets[0]:  # moved off its point: redraw it with a leader line to the point
+            alignment = label.get_horizontalalignment()
+            label.remove()
+            leader = {"arrowstyle": "-", "color": "0.55", "lw": 0.5, "shrinkA": 1, "shrinkB": 3}
+            label = plot.annotate(
+                text,
+                (px, py),
+                xytext=offset,
+                textcoords="offset points",
+                fontsize="x-small",
+                horizontalalignment=alignment,
+                arrowprops=leader,
+            )
+            label.set_in_layout(False)
+
+
 def figure(frames: dict[str, pd.DataFrame]) -> Figure | None:
     """Overall success vs storage (% of the dense expert bank), with the Pareto front.
 
-    Points are numbered (the key on the right names each number), and entries at the same point share one
-    marker labelled with all their numbers, so no label sits on another. Axes are fixed: success 0-100%,
+    Points are numbered (the key on the right names each number); entries one marker covers share one label
+    with all their numbers, and each label sits where it covers no other label or point (a leader line
+    when it had to move off its point). Axes are fixed: success 0-100%,
     storage from 0 (plain numbers, never an offset scale; a log scale only when storage spans 20x or more).
     """
     table = frames["storage"].dropna(subset=["rate"]).reset_index(drop=True)
@@ -142,14 +220,6 @@ def figure(frames: dict[str, pd.DataFrame]) -> Figure | None:
         edgecolors="C3",
         zorder=4,
     )
-    for (px, py), numbers in _clusters(x.tolist(), y.tolist(), table["number"].tolist()):
-        plot.annotate(
-            comparability.compact_ranges(numbers),
-            (px, py),
-            textcoords="offset points",
-            xytext=(4, 3),
-            fontsize="x-small",
-        )
     if x.max() / max(x.min(), 1e-9) > 20:
         plot.set_xscale("log")
     else:
@@ -161,6 +231,9 @@ def figure(frames: dict[str, pd.DataFrame]) -> Figure | None:
     plot.grid(alpha=0.3)
     plot.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize="small", frameon=False, ncols=2)
     plot.set_title("Storage vs success")
+    numbers = table["number"].tolist()
+    points = dict(zip(numbers, zip(x.tolist(), y.tolist(), strict=True), strict=True))
+    _label_clusters(fig, plot, _clusters(x.tolist(), y.tolist(), numbers), points)
     key.axis("off")
     key.set_title("key", loc="left", fontsize="small")
     lines = [f"{n:>2}  {entry}" for n, entry in zip(table["number"], table["entry"], strict=True)]

@@ -148,3 +148,36 @@ def test_paper_table_latex_and_markdown_agree(built):
     markdown = (out / "paper.md").read_text()
     assert "| 1 | carve · continual · oracle | 62.5 | **100.0** | **81.2** | 50.0 |" in markdown
     assert "| 1 | ta · oracle | 25.0 | 25.0 | 25.0 | **11.1** |" in markdown
+
+
+def test_storage_labels_overlap_no_other_label_and_no_other_point():
+    """A dense column of entries at one storage (as MergeVLA's variants sit at 43%) gets readable labels."""
+    from matplotlib.text import Text
+
+    from vlamergebench.leaderboards import comparability, storage
+    from vlamergebench.leaderboards import tables as tb
+
+    fig = tb.new_figure(6.0, 5.0)
+    plot = fig.subplots()
+    xs = [25.0] * 4 + [43.2] * 10 + [41.0, 52.0, 100.0]
+    ys = [0.0, 0.8, 1.7, 2.5] + [0.8 + 1.25 * i for i in range(10)] + [3.3, 4.2, 91.7]
+    plot.scatter(xs, ys)
+    plot.set_xlim(0, 110)
+    plot.set_ylim(-3, 103)
+    points = {n: (x, y) for n, (x, y) in enumerate(zip(xs, ys, strict=True), start=1)}
+    clusters = storage._clusters(xs, ys, list(points))
+    assert len(clusters) == len(xs) - 2  # 0.0 with 0.8 and 1.7 with 2.5 share a marker at 25%
+    storage._label_clusters(fig, plot, clusters, points)
+    fig.draw_without_rendering()
+    # Text's own extent: an annotation's extent also covers its leader line
+    boxes = {text.get_text(): Text.get_window_extent(text) for text in plot.texts}
+    assert len(boxes) == len(clusters)
+    labels = list(boxes)
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            assert not boxes[a].overlaps(boxes[b]), (a, b)
+    for _, members in clusters:
+        label = comparability.compact_ranges(members)
+        for number, point in points.items():
+            if number not in members:
+                assert not boxes[label].contains(*plot.transData.transform(point)), (label, number)
