@@ -114,23 +114,13 @@ def _label_clusters(
     dozen labels need no more than this search.
     """
     fig.draw_without_rendering()  # fixes the constrained layout, so display coordinates are final
-    to_pixels = fig.dpi / 72.0
-    centres = [plot.transData.transform(point) for point, _ in clusters]
-    marker_half = 5.5 * to_pixels  # the Pareto ring's radius, the widest marker drawn
+    marker_half = 5.5 * fig.dpi / 72.0  # the Pareto ring's radius in pixels, the widest marker drawn
     markers = {
         number: (cx - marker_half, cy - marker_half, cx + marker_half, cy + marker_half)
         for number, (cx, cy) in ((n, plot.transData.transform(p)) for n, p in points.items())
     }
     inside = plot.get_window_extent()
     placed: list[tuple[float, float, float, float]] = []
-
-    def free(box: tuple[float, float, float, float], own: int) -> bool:
-        x0, y0, x1, y1 = box
-        if x0 < inside.x0 or x1 > inside.x1 or y0 < inside.y0 or y1 > inside.y1:
-            return False
-        others = placed + [box for number, box in markers.items() if number not in clusters[own][1]]
-        return not any(x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1 for b in others)
-
     line_height = 9.0  # points: x-small text plus a gap
     # Nearest spot first (a label on the left reads worse, so it counts a fifth farther).
     offsets = sorted(
@@ -142,35 +132,39 @@ def _label_clusters(
         ),
         key=lambda o: (1.0 if o[0] > 0 else 1.2) * (o[0] ** 2 + (o[1] - 3) ** 2) ** 0.5,
     )
-    for index in sorted(range(len(clusters)), key=lambda i: (centres[i][1], centres[i][0])):
-        (px, py), numbers = clusters[index]
+    for (px, py), numbers in sorted(clusters, key=lambda c: (c[0][1], c[0][0])):
         text = comparability.compact_ranges(numbers)
-        label = plot.annotate(
+        obstacles = placed + [box for number, box in markers.items() if number not in numbers]
+        probe = plot.annotate(
             text, (px, py), xytext=offsets[0], textcoords="offset points", fontsize="x-small"
         )
-        for offset in offsets:
-            label.set_position(offset)
-            label.set_horizontalalignment("left" if offset[0] > 0 else "right")
-            extent = label.get_window_extent()
+        for offset in offsets:  # when no spot is free, the last one tried
+            probe.set_position(offset)
+            probe.set_horizontalalignment("left" if offset[0] > 0 else "right")
+            extent = probe.get_window_extent()
             box = (extent.x0, extent.y0, extent.x1, extent.y1)
-            if free(box, index):
-                break
-        placed.append(box)
-        label.set_in_layout(False)
-        if offset != offsets[0]:  # moved off its point: redraw it with a leader line to the point
-            alignment = label.get_horizontalalignment()
-            label.remove()
-            leader = {"arrowstyle": "-", "color": "0.55", "lw": 0.5, "shrinkA": 1, "shrinkB": 3}
-            label = plot.annotate(
-                text,
-                (px, py),
-                xytext=offset,
-                textcoords="offset points",
-                fontsize="x-small",
-                horizontalalignment=alignment,
-                arrowprops=leader,
+            within = (
+                inside.x0 <= box[0] and box[2] <= inside.x1 and inside.y0 <= box[1] and box[3] <= inside.y1
             )
-            label.set_in_layout(False)
+            if within and not any(
+                box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in obstacles
+            ):
+                break
+        probe.remove()
+        placed.append(box)
+        moved = offset != offsets[0]  # a label moved off its point gets a leader line to it
+        label = plot.annotate(
+            text,
+            (px, py),
+            xytext=offset,
+            textcoords="offset points",
+            fontsize="x-small",
+            horizontalalignment="left" if offset[0] > 0 else "right",
+            arrowprops={"arrowstyle": "-", "color": "0.55", "lw": 0.5, "shrinkA": 1, "shrinkB": 3}
+            if moved
+            else None,
+        )
+        label.set_in_layout(False)
 
 
 def figure(frames: dict[str, pd.DataFrame]) -> Figure | None:
@@ -231,9 +225,9 @@ def figure(frames: dict[str, pd.DataFrame]) -> Figure | None:
     plot.grid(alpha=0.3)
     plot.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize="small", frameon=False, ncols=2)
     plot.set_title("Storage vs success")
-    numbers = table["number"].tolist()
-    points = dict(zip(numbers, zip(x.tolist(), y.tolist(), strict=True), strict=True))
-    _label_clusters(fig, plot, _clusters(x.tolist(), y.tolist(), numbers), points)
+    xs, ys, numbers = x.tolist(), y.tolist(), table["number"].tolist()
+    points = dict(zip(numbers, zip(xs, ys, strict=True), strict=True))
+    _label_clusters(fig, plot, _clusters(xs, ys, numbers), points)
     key.axis("off")
     key.set_title("key", loc="left", fontsize="small")
     lines = [f"{n:>2}  {entry}" for n, entry in zip(table["number"], table["entry"], strict=True)]
